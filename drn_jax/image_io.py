@@ -1,0 +1,180 @@
+"""Reading and writing image files, with one-line errors that name the file.
+
+Every tool in drn-jax (training folders, benchmark sets, the upscaler) reads images
+through `read_image`, so a corrupt, truncated, 16-bit, RGBA, greyscale, CMYK or
+absurdly large file is handled the same way everywhere:
+
+* files that can be used after a lossless-enough conversion (greyscale, RGBA, CMYK,
+  palette, 16-bit) are converted to 8-bit RGB and the conversion is reported through
+  `logging` (one line naming the file);
+* files that cannot be used raise `ImageReadError`, whose message is one line:
+  ``<path>: <what happened>; <what to do>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+# 64 megapixels: four times a DIV2K image. Larger headers are far more likely to be
+# decompression bombs than photographs; the tools take --max_pixels to raise it.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+PathLike = str | os.PathLike
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be used; `str(err)` is a one-line message."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def list_images(folder: PathLike) -> list[pathlib.Path]:
+    """Image files (PNG, JPEG, BMP; any case) under `folder`, recursively, sorted.
+
+    Raises `FileNotFoundError` with a one-line message when the folder is missing.
+    Non-image files are ignored; an empty result is returned as an empty list so the
+    caller can say what it needed the images for.
+    """
+    root = pathlib.Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder; check the path")
+    return sorted(
+        path for path in root.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+
+
+def expand_inputs(inputs: Iterable[PathLike]) -> list[pathlib.Path]:
+    """Files as given, folders expanded with `list_images`, in order, without repeats."""
+    paths: list[pathlib.Path] = []
+    for item in inputs:
+        path = pathlib.Path(item).expanduser()
+        paths.extend(list_images(path) if path.is_dir() else [path])
+    return list(dict.fromkeys(paths))
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(path, f"not a readable image ({_describe(err)})") from None
+    return height, width
+
+
+def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes `path` into an 8-bit RGB array of shape (H, W, 3).
+
+    Greyscale is replicated to three channels, alpha is dropped (the colour channels
+    are kept as stored), CMYK and palette images are converted by Pillow, and 16-bit
+    images are reduced to 8 bits (value * 255 / 65535, rounded). Each conversion is
+    logged once, naming the file.
+
+    Raises:
+      ImageReadError: the file is missing, not an image, truncated or corrupt, or its
+        header declares more than `max_pixels` pixels.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below, with a clearer message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageReadError(
+                        path,
+                        f"header declares {width}x{height} pixels, over the limit of "
+                        f"{max_pixels} (a decompression bomb?); raise --max_pixels if it is real",
+                    )
+                if width < 1 or height < 1:
+                    raise ImageReadError(path, f"empty image ({width}x{height})")
+                image.load()
+                pixels = _to_rgb8(path, image)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(path, f"{_describe(err)}; raise --max_pixels if it is real") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(path, f"cannot decode ({_describe(err)}); the file is corrupt or truncated") from None
+    return pixels
+
+
+def _to_rgb8(path: pathlib.Path, image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        logger.warning("%s: %s image reduced to 8 bits per channel", path, _mode_name(mode))
+        gray = np.clip(np.floor(values * 255.0 / peak + 0.5), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode in ("RGB;16", "RGBA;16") or (mode == "RGB" and np.asarray(image).dtype != np.uint8):
+        logger.warning("%s: 16-bit RGB reduced to 8 bits per channel", path)
+    if mode != "RGB":
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+            logger.warning("%s: alpha channel dropped", path)
+        elif mode in ("L", "1"):
+            logger.info("%s: greyscale image replicated to RGB", path)
+        elif mode != "P":
+            logger.warning("%s: %s image converted to RGB", path, mode)
+        image = image.convert("RGB")
+    pixels = np.asarray(image)
+    if pixels.dtype != np.uint8:  # e.g. 16-bit RGB decoded as uint16
+        pixels = np.clip(np.floor(pixels.astype(np.float64) * 255.0 / 65535.0 + 0.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels)
+
+
+def _mode_name(mode: str) -> str:
+    return "16-bit greyscale" if mode.startswith("I;16") else "32-bit integer greyscale"
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.rstrip(".")
+
+
+def write_png(path: PathLike, pixels: np.ndarray) -> None:
+    """Writes an (H, W, 3) or (H, W) uint8 array as PNG, creating parent folders.
+
+    Written to a temporary name first and renamed, so a crash never leaves a
+    half-written file under the final name.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"write_png expects uint8 pixels, got {pixels.dtype}")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(
+        partial, format="PNG")
+    os.replace(partial, path)
+
+
+def read_images(paths: Sequence[PathLike], *, max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> tuple[list[tuple[pathlib.Path, np.ndarray]], list[ImageReadError]]:
+    """Reads every path it can; returns ([(path, pixels)], [errors]) in input order."""
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append((pathlib.Path(path), read_image(path, max_pixels=max_pixels)))
+        except ImageReadError as err:
+            logger.warning("%s", err)
+            errors.append(err)
+    return images, errors
