@@ -1,0 +1,377 @@
+"""The DRN network (Guo et al., arXiv 1809.07099, Section 4.2) in Flax linen.
+
+Layout (METHOD.md "Network"; the same as the PyTorch peer ``shared/peers/torch_drn.py``)::
+
+    LR (B, H, W, 3) --head conv3x3 3->F--> f_0                       (inside primal block 0)
+    primal block i = 0 .. S-1, S = log2(scale), features at H·2^i × W·2^i:
+        f_i -> R × ResidualModule -> conv3x3 F->4F -> pixel_shuffle(×2)   => f_{i+1}
+        f_{i+1} -> to_rgb conv3x3 F->3                                   => image Î_i
+    dual block i:  Î_i -> conv3x3 stride 2 (3->F) -> ReLU -> conv3x3 F->3 => D_i(Î_i)
+                   (at level i-1's resolution; level -1 is the LR input)
+
+Features, not images, flow from block to block; each block's image is a side output. The dual
+blocks are a training-time constraint: :meth:`DRN.upscale` skips them.
+
+Every convolution is 3×3 with bias and stride 1 unless stated, zero padding of one pixel on
+each side ("SAME" for stride 1). The stride-2 dual convolution also pads one pixel on each side,
+as PyTorch's ``padding=1``: its output has ``ceil(H/2) × ceil(W/2)`` pixels (exactly ``H/2`` for
+even ``H``) and output pixel ``j`` is centred on input pixel ``2j``. (XLA's "SAME" would pad
+only at the bottom/right for even sizes, shifting the sampling grid against PyTorch's.)
+
+Initialisation: kernels use ``variance_scaling(1/3, "fan_in", "uniform")``, i.e. ``U(-b, b)``
+with ``b = 1/sqrt(9·C_in)``, which is exactly PyTorch's default ``Conv2d`` kernel init
+(``kaiming_uniform_(a=sqrt(5))``), the init EDSR-style residual SR nets without batch norm are
+usually trained with; its variance is a third of Flax's default ``lecun_normal``, which keeps
+the identity-skip stack of 2·R residual convolutions from inflating the activations. Biases
+start at zero (PyTorch draws them uniformly; zero is the Flax convention and irrelevant in
+practice).
+
+Inputs are NHWC float images in [0, 1]; outputs are float32 in roughly the same range (not
+clipped: clipping belongs to evaluation, and would zero the loss gradient of saturated pixels).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "SCALES",
+    "DRN",
+    "DRNOutputs",
+    "DualBlock",
+    "PrimalBlock",
+    "ResidualModule",
+    "count_params",
+    "default_kernel_init",
+    "expected_param_count",
+    "num_levels",
+    "pixel_shuffle",
+]
+
+SCALES = (2, 4, 8)
+"""Upscaling factors DRN supports: one primal block per factor of 2."""
+
+IMAGE_CHANNELS = 3
+
+Dtype = Any
+
+default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+"""PyTorch's default conv kernel init, ``U(±1/sqrt(fan_in))``; see the module docstring."""
+
+
+def num_levels(scale: int) -> int:
+    """Number of primal (and dual) blocks ``S = log2(scale)`` for ``scale`` in ``SCALES``.
+
+    Raises:
+      ValueError: ``scale`` is not 2, 4 or 8.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}; got {scale!r}")
+    return int(round(math.log2(scale)))
+
+
+def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Sub-pixel rearrangement (depth to space), channels-last, in PyTorch's channel order.
+
+    ``(..., H, W, C·r·r) -> (..., H·r, W·r, C)`` with ``r = factor`` and
+    ``out[..., h·r + i, w·r + j, c] = x[..., h, w, c·r·r + i·r + j]``: the ``r·r`` sub-pixels
+    of an output channel are consecutive input channels, as in ``torch.nn.PixelShuffle`` (so
+    PyTorch DRN weights port by transposing kernels only). ``tf.nn.depth_to_space`` uses the
+    other order, ``(i·r + j)·C + c``.
+
+    Args:
+      x: array of shape ``(..., H, W, C·r·r)``; any dtype.
+      factor: the upscaling factor ``r``.
+
+    Returns:
+      Array of shape ``(..., H·r, W·r, C)`` and the dtype of ``x``.
+    """
+    *lead, height, width, depth = x.shape
+    if depth % (factor * factor):
+        raise ValueError(f"channels ({depth}) must be a multiple of factor**2 ({factor**2})")
+    channels = depth // (factor * factor)
+    n = len(lead)
+    x = x.reshape(*lead, height, width, channels, factor, factor)
+    # (..., H, W, C, i, j) -> (..., H, i, W, j, C)
+    x = x.transpose(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return x.reshape(*lead, height * factor, width * factor, channels)
+
+
+def _conv3x3(
+    features: int, name: str, dtype: Dtype, param_dtype: Dtype, stride: int = 1
+) -> nn.Conv:
+    return nn.Conv(
+        features,
+        kernel_size=(3, 3),
+        strides=(stride, stride),
+        padding=((1, 1), (1, 1)),  # PyTorch padding=1; see the module docstring
+        use_bias=True,
+        kernel_init=default_kernel_init,
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+class ResidualModule(nn.Module):
+    """``x + conv3x3(relu(conv3x3(x)))``: EDSR-style, no batch norm, no residual scaling.
+
+    Maps ``(B, H, W, features)`` to the same shape.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = _conv3x3(self.features, "conv_0", self.dtype, self.param_dtype)(x)
+        y = nn.relu(y)
+        y = _conv3x3(self.features, "conv_1", self.dtype, self.param_dtype)(y)
+        return x + y
+
+
+class PrimalBlock(nn.Module):
+    """One primal block ``P_i``: doubles the resolution of the feature map.
+
+    ``[head conv3x3 3->F] -> num_modules × ResidualModule -> conv3x3 F->4F -> pixel_shuffle(2)``
+    gives the next features; ``to_rgb`` (conv3x3 F->3) reads the block's image off them.
+
+    Attributes:
+      features: F, the feature width.
+      num_modules: R, the residual modules in the block (7 in the paper).
+      head: whether this is the first block, which turns the RGB input into F features first.
+    """
+
+    features: int
+    num_modules: int
+    head: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, with_image: bool = True
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Runs the block.
+
+        Args:
+          x: ``(B, H, W, 3)`` image if ``head`` else ``(B, H, W, F)`` features.
+          with_image: whether to compute the ``to_rgb`` side output (its parameters are only
+            created when it is computed).
+
+        Returns:
+          ``(features, image)``: ``(B, 2H, 2W, F)`` features and the ``(B, 2H, 2W, 3)`` image,
+          or ``None`` for the image when ``with_image`` is False.
+        """
+        conv = lambda f, name: _conv3x3(f, name, self.dtype, self.param_dtype)  # noqa: E731
+        if self.head:
+            x = conv(self.features, "head")(x)
+        for index in range(self.num_modules):
+            x = ResidualModule(
+                self.features, self.dtype, self.param_dtype, name=f"residual_{index}"
+            )(x)
+        x = pixel_shuffle(conv(4 * self.features, "upsample")(x), 2)
+        image = conv(IMAGE_CHANNELS, "to_rgb")(x) if with_image else None
+        return x, image
+
+
+class DualBlock(nn.Module):
+    """One dual block ``D_i``: ``conv3x3 stride 2 (3->F) -> ReLU -> conv3x3 F->3``.
+
+    Maps a ``(B, H, W, 3)`` image to ``(B, ceil(H/2), ceil(W/2), 3)`` (exactly half for even
+    sizes, which is all DRN feeds it), the learnt counterpart of downsampling.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = _conv3x3(self.features, "down", self.dtype, self.param_dtype, stride=2)(image)
+        x = nn.relu(x)
+        return _conv3x3(IMAGE_CHANNELS, "to_rgb", self.dtype, self.param_dtype)(x)
+
+
+class DRNOutputs(NamedTuple):
+    """What :meth:`DRN.__call__` returns (a pytree).
+
+    Attributes:
+      primal: the primal images, coarse to fine; ``primal[-1]`` is the super-resolved image
+        ``(B, H·scale, W·scale, 3)``. One entry per level when progressive, else just the final.
+      dual: the dual reconstructions, or ``None`` without a dual path. Progressive:
+        ``dual[i] = D_i(primal[i])`` at level ``i-1``'s resolution (``dual[0]`` at the LR
+        resolution). Non-progressive: one entry, the final image mapped back to the LR size.
+    """
+
+    primal: tuple[jax.Array, ...]
+    dual: tuple[jax.Array, ...] | None
+
+
+class DRN(nn.Module):
+    """Dual Reconstruction Network.
+
+    Attributes:
+      scale: upscaling factor, 2, 4 or 8 (``S = log2(scale)`` primal blocks). Anything else
+        raises ``ValueError`` when the module is constructed.
+      features: F, the feature width (64, METHOD.md's guess, ~1.34M parameters at ×4).
+      modules_per_block: R, residual modules per primal block (7, i.e. 14 at ×4, 21 at ×8).
+      dual: build the dual blocks and return their outputs from ``__call__`` (training).
+      progressive: supervise every level (``primal`` holds S images, one per level, and the
+        dual blocks run level by level). With ``False`` — our reading of the paper's Table 4
+        "Plain" and "Dual" ablations — only the final image is produced (the intermediate
+        ``to_rgb`` convolutions are not created) and, with ``dual=True``, the dual path chains
+        all S dual blocks, finest first, to map the final image back to the LR resolution:
+        ``dual = (D_0(D_1(...D_{S-1}(final))),)``.
+      image_residual: add the bilinearly upsampled image of the level below (the LR input for
+        the first level, and for the final image when not progressive) to each level's image, a
+        LapSRN-style option of METHOD.md; off by default (not in the paper).
+      dtype: computation dtype (e.g. ``jnp.bfloat16`` on accelerators); outputs are float32.
+      param_dtype: parameter dtype.
+
+    Initialise with ``model.init(rng, lr)`` (``__call__`` creates every parameter); infer with
+    ``model.apply(variables, lr, method="upscale")``.
+    """
+
+    scale: int
+    features: int = 64
+    modules_per_block: int = 7
+    dual: bool = True
+    progressive: bool = True
+    image_residual: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        num_levels(self.scale)  # fail at construction, not deep inside init
+        super().__post_init__()
+
+    def setup(self) -> None:
+        levels = num_levels(self.scale)
+        self.primal_blocks = [
+            PrimalBlock(
+                self.features,
+                self.modules_per_block,
+                head=(i == 0),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+            for i in range(levels)
+        ]
+        if self.dual:
+            self.dual_blocks = [
+                DualBlock(self.features, dtype=self.dtype, param_dtype=self.param_dtype)
+                for _ in range(levels)
+            ]
+
+    def _check_input(self, lr: jax.Array) -> jax.Array:
+        if lr.ndim != 4 or lr.shape[-1] != IMAGE_CHANNELS:
+            raise ValueError(
+                f"expected an NHWC batch of RGB images (B, H, W, {IMAGE_CHANNELS}); "
+                f"got shape {lr.shape}"
+            )
+        return lr.astype(self.dtype)
+
+    def _primal_images(self, lr: jax.Array, all_levels: bool) -> list[jax.Array]:
+        """Primal images in compute dtype, coarse to fine; only the final one unless needed."""
+        features = lr
+        previous = lr  # the image of the level below, for image_residual
+        images = []
+        last = len(self.primal_blocks) - 1
+        # Intermediate images exist only when progressive; they are computed when asked for or
+        # when the next level's image residual needs them.
+        intermediate = self.progressive and (all_levels or self.image_residual)
+        for level, block in enumerate(self.primal_blocks):
+            features, image = block(features, with_image=(level == last or intermediate))
+            if image is None:
+                continue
+            if self.image_residual:
+                image = image + jax.image.resize(previous, image.shape, method="linear")
+                previous = image
+            images.append(image)
+        return images if all_levels else images[-1:]
+
+    def __call__(self, lr: jax.Array) -> DRNOutputs:
+        """Training forward pass: all primal levels and, if ``dual``, the dual outputs.
+
+        Args:
+          lr: ``(B, H, W, 3)`` float LR images in [0, 1]; any ``H``, ``W`` (odd included).
+
+        Returns:
+          :class:`DRNOutputs` of float32 arrays: ``primal`` level ``i`` (progressive) is
+          ``(B, H·2^(i+1), W·2^(i+1), 3)``; ``dual`` level ``i`` is ``(B, H·2^i, W·2^i, 3)``
+          (non-progressive: ``primal = (final,)``, ``dual = ((B, H, W, 3),)``).
+        """
+        x = self._check_input(lr)
+        primal = self._primal_images(x, all_levels=True)
+        dual = None
+        if self.dual:
+            if self.progressive:
+                dual = [block(image) for block, image in zip(self.dual_blocks, primal)]
+            else:
+                reconstruction = primal[-1]
+                for block in reversed(self.dual_blocks):  # finest first
+                    reconstruction = block(reconstruction)
+                dual = [reconstruction]
+            dual = tuple(d.astype(jnp.float32) for d in dual)
+        return DRNOutputs(primal=tuple(p.astype(jnp.float32) for p in primal), dual=dual)
+
+    def upscale(self, lr: jax.Array) -> jax.Array:
+        """Inference: the super-resolved image only, equal to ``__call__(lr).primal[-1]``.
+
+        Skips the dual blocks and (unless ``image_residual`` needs them) the intermediate
+        levels' ``to_rgb`` convolutions.
+
+        Args:
+          lr: ``(B, H, W, 3)`` float LR images in [0, 1].
+
+        Returns:
+          float32 ``(B, H·scale, W·scale, 3)``, not clipped.
+        """
+        x = self._check_input(lr)
+        return self._primal_images(x, all_levels=False)[-1].astype(jnp.float32)
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a pytree of arrays (or ``jax.ShapeDtypeStruct``s).
+
+    Pass ``variables["params"]`` (or the whole ``variables``; DRN has no other collection).
+    """
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def expected_param_count(
+    scale: int,
+    features: int = 64,
+    modules_per_block: int = 7,
+    dual: bool = True,
+    progressive: bool = True,
+) -> int:
+    """Parameter count of ``DRN(scale, features, modules_per_block, dual, progressive)``.
+
+    Derived from the layer sizes (``image_residual`` adds none): a 3×3 conv from ``a`` to ``b``
+    channels has ``9·a·b`` weights and ``b`` biases. For the defaults at ×4 this is 1,341,708.
+    """
+    levels = num_levels(scale)
+    f = features
+
+    def conv(c_in: int, c_out: int) -> int:
+        return 9 * c_in * c_out + c_out
+
+    head = conv(IMAGE_CHANNELS, f)  # block 0 only
+    residual = modules_per_block * 2 * conv(f, f)  # per block
+    upsample = conv(f, 4 * f)  # per block, before the pixel shuffle
+    to_rgb = conv(f, IMAGE_CHANNELS)  # per supervised level
+    dual_block = conv(IMAGE_CHANNELS, f) + conv(f, IMAGE_CHANNELS)  # per level
+    rgb_levels = levels if progressive else 1
+    total = head + levels * (residual + upsample) + rgb_levels * to_rgb
+    if dual:
+        total += levels * dual_block
+    return total
