@@ -32,6 +32,10 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 PathLike = str | os.PathLike
 
+# read_image enforces its own limit (--max_pixels) from the header, with a message that
+# says how to raise it; Pillow's fixed limit would refuse first and name its own value.
+Image.MAX_IMAGE_PIXELS = None
+
 
 class ImageReadError(ValueError):
     """An image file that cannot be used; `str(err)` is a one-line message."""

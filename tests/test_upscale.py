@@ -1,0 +1,140 @@
+"""The drn-upscale command: outputs, bad inputs as one-line messages, exit codes."""
+
+import os
+import pathlib
+import struct
+import subprocess
+import sys
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from drn_jax import models, upscale
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_inputs(folder: pathlib.Path) -> dict[str, str]:
+    """Good, convertible and unusable images; returns name -> expected outcome."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "good.png")
+    data = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "random.png").write_bytes(rng.integers(0, 256, 600, dtype=np.uint8).tobytes())
+    Image.fromarray(rng.integers(0, 65536, (18, 22)).astype(np.uint16)).save(folder / "deep16.png")
+    Image.fromarray(rng.integers(0, 256, (21, 17, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.png")
+    Image.fromarray(pixels[..., 1]).save(folder / "grey.png")
+    # A valid PNG header declaring 100000 x 100000 RGB pixels (a decompression bomb).
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunks = [png_chunk(b"IHDR", header), png_chunk(b"IDAT", zlib.compress(b"\0" * 64)),
+              png_chunk(b"IEND", b"")]
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks))
+    return {"good": "ok", "deep16": "warning", "alpha": "warning", "grey": "note",
+            "truncated": "error", "random": "error", "bomb": "error"}
+
+
+def tiny_model(scale: int = 4, image_residual: bool = False):
+    """A small DRN (F=8, one module per block) with random variables drawn in NumPy.
+
+    Not ``model.init``: jax.random's threefry takes seconds to compile on CPU, and any random
+    weights do here. Kernels follow PyTorch's default bound; biases are non-zero so that zero
+    padding and ReLUs act as in a trained network.
+    """
+    model = models.DRN(scale, features=8, modules_per_block=1, image_residual=image_residual)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+    rng = np.random.default_rng(0)
+
+    def draw(leaf):
+        if len(leaf.shape) == 4:  # (3, 3, in, out)
+            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:3]))
+            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+        return (0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return model, jax.tree.map(draw, shapes)
+
+
+@pytest.fixture
+def tiny_checkpoint(monkeypatch):
+    """`load_for_inference` returning a small random DRN, as a checkpoint would."""
+    model, variables = tiny_model()
+    config = ml_collections.ConfigDict({"scale": 4})
+    from drn_jax import checkpointing
+    monkeypatch.setattr(checkpointing, "load_for_inference", lambda workdir=None, checkpoint=None: (
+        config, model, variables))
+
+
+def check_outcomes(stderr: str, inputs: pathlib.Path, outputs: pathlib.Path, expected: dict[str, str]):
+    lines = stderr.splitlines()
+    for name, outcome in expected.items():
+        path = inputs / f"{name}.png"
+        if outcome == "ok":
+            assert not any(str(path) in line for line in lines), stderr
+        else:
+            mentions = [line for line in lines if line.startswith(f"{outcome}: {path}:")]
+            assert len(mentions) == 1, (name, stderr)  # one line, naming the file
+        written = outputs / f"{name}_x4.png"
+        assert written.exists() == (outcome != "error"), name
+        if written.exists():
+            source = Image.open(path)
+            assert Image.open(written).size == (source.width * 4, source.height * 4)
+            assert Image.open(written).mode == "RGB"
+    assert "Traceback" not in stderr
+
+
+def test_model_upscales_good_files_and_reports_bad_ones(tmp_path, tiny_checkpoint, capsys):
+    expected = write_inputs(tmp_path / "in")
+    status = upscale.main([str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+                           "--tile", "16", "--no_progress"])
+    captured = capsys.readouterr()
+    assert status == 1
+    check_outcomes(captured.err, tmp_path / "in", tmp_path / "out", expected)
+    assert "upscaled 4 of 7 images x4" in captured.err
+    assert "header declares 100000x100000" in captured.err or "decompression bomb" in captured.err
+
+
+def test_all_good_exits_zero_and_names_do_not_collide(tmp_path, tiny_checkpoint, capsys):
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(pixels).save(tmp_path / sub / "same.png")
+    status = upscale.main([str(tmp_path / "a"), str(tmp_path / "b" / "same.png"),
+                           "--output_dir", str(tmp_path / "out"), "--no_progress", "--self_ensemble"])
+    assert status == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same_x4.png", "same_x4_2.png"]
+
+
+def test_command_line_exit_codes(tmp_path):
+    """The real console: bad files exit 1 without a traceback; usage errors exit 2."""
+    expected = write_inputs(tmp_path / "in")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "drn_jax.upscale", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    result = run(str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--method=bicubic",
+                 "--scale=4", "--no_progress")
+    assert result.returncode == 1, result.stderr
+    check_outcomes(result.stderr, tmp_path / "in", tmp_path / "out", expected)
+
+    no_checkpoint = run(str(tmp_path / "in" / "good.png"), "--output_dir", str(tmp_path / "o2"),
+                        "--workdir", str(tmp_path / "none"))
+    assert no_checkpoint.returncode == 2
+    assert f"no checkpoint in {tmp_path / 'none'}" in no_checkpoint.stderr
+    assert "Traceback" not in no_checkpoint.stderr
+    assert run("--output_dir", str(tmp_path / "o3")).returncode == 2  # no INPUT
+    assert run(str(tmp_path / "in"), "--output_dir", str(tmp_path / "o4"), "--tile=-3").returncode == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(str(empty), "--output_dir", str(tmp_path / "o5")).returncode == 2
