@@ -1,0 +1,98 @@
+"""The training configuration: its fields, their defaults, and early validation.
+
+Every config in `configs/` starts from `base_config()` and overrides what differs,
+so the field names below are the whole vocabulary (`--config.loss.name=l1` etc.).
+Defaults marked "guess" are where ../shared/paper/METHOD.md says the paper is silent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+SCALES = (2, 4, 8)
+DTYPES = ("float32", "bfloat16")
+DUAL_TARGETS = ("pyramid", "prediction")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's x4 setting (Section 5.1); configs override from here."""
+    config = ml_collections.ConfigDict()
+    config.scale = 4
+
+    config.model = ml_collections.ConfigDict()
+    config.model.features = 64  # guess (METHOD.md): gives the paper's ~1.34M parameters at x4
+    config.model.modules_per_block = 7  # 14 modules at x4, 21 at x8
+    config.model.dual = True
+    config.model.progressive = True
+    config.model.image_residual = False  # METHOD.md option, off as in the paper
+    config.model.dtype = "float32"  # computation dtype; "bfloat16" on accelerators
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.name = "gs"  # gs | l1 | mse | gradient | pixel_gradient
+    config.loss.lam = 2.0  # Table 6's best; METHOD.md, medium confidence
+    config.loss.dual_weight = 0.1  # the authors' later code; the paper shows no weight
+    config.loss.dual_target = "pyramid"  # t_{i-1} = y_{i-1}; "prediction" uses Î_{i-1}
+
+    config.data = ml_collections.ConfigDict()
+    config.data.train = "tfds:imagenet2012:train:image"
+    config.data.val = "samples:val"
+    config.data.hr_patch_size = 192  # guess: 48-pixel LR patches
+    config.data.shuffle_buffer = 1024
+    config.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.data.val_limit = 0  # 0: every validation image
+
+    config.batch_size = 16  # global, over all devices and processes
+    config.num_train_steps = 1_000_000
+    config.learning_rate = 1e-4
+    config.lr_decay_every = 400_000  # guess: the interval was lost in extraction
+    config.lr_decay_factor = 0.1
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
+    config.adam_eps = 1e-8
+    config.ema_decay = 0.0  # 0 turns the parameter EMA off
+
+    config.checkpoint_every_steps = 5000
+    config.keep_checkpoints = 3
+    config.log_every_steps = 100
+    config.eval_every_steps = 10_000
+    config.seed = 0
+    config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and the fix."""
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
+    """Raises `ConfigError` for settings that cannot train, before anything compiles."""
+    from drn_jax import losses  # no TF/Flax: cheap
+
+    if config.scale not in SCALES:
+        raise ConfigError(f"scale={config.scale} is not supported; use one of {', '.join(map(str, SCALES))}")
+    if config.loss.name not in losses.LOSSES:
+        raise ConfigError(
+            f"loss.name={config.loss.name!r} is unknown; use one of {', '.join(sorted(losses.LOSSES))}")
+    if config.loss.dual_target not in DUAL_TARGETS:
+        raise ConfigError(f"loss.dual_target={config.loss.dual_target!r} is unknown; use one of {DUAL_TARGETS}")
+    if config.model.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={config.model.dtype!r} is unknown; use one of {DTYPES}")
+    patch = config.data.hr_patch_size
+    if patch % config.scale:
+        raise ConfigError(
+            f"data.hr_patch_size={patch} is not divisible by scale={config.scale}; "
+            f"use a multiple of {config.scale}, e.g. {config.scale * math.ceil(patch / config.scale)}")
+    if config.batch_size % num_devices:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices}, e.g. {num_devices * max(1, round(config.batch_size / num_devices))}")
+    if config.batch_size % num_processes:
+        raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {num_processes} processes")
+    for field in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps",
+                  "lr_decay_every", "keep_checkpoints"):
+        if config[field] < 1:
+            raise ConfigError(f"{field}={config[field]} must be at least 1")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay={config.ema_decay} must be in [0, 1)")

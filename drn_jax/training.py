@@ -1,0 +1,382 @@
+"""The training loop: data-parallel DRN training with the objective of Eq. 7.
+
+Layout follows flax/examples/imagenet: `create_train_state`, `make_train_step` and
+`train_and_evaluate(config, workdir)`; `train.py` at the top level only parses flags.
+
+Data parallelism has pmap semantics on the supported API: the step is a
+`jax.shard_map` over a 1-D ``data`` mesh of every device (all processes), each device
+computes the loss on its shard of the global batch, and gradients and metrics are
+averaged with `lax.pmean`. Global batches are assembled from each process's local
+crops with `jax.make_array_from_process_local_data`, so the same code runs on one
+CPU, eight emulated devices, or a multi-host pod slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from drn_jax import config as config_lib
+from drn_jax import losses
+from drn_jax import models
+from drn_jax.resize import imresize
+
+logger = logging.getLogger(__name__)
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes; a pytree that orbax saves whole."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any  # a copy of params when config.ema_decay > 0, else None
+
+
+# ---------------------------------------------------------------------------
+# Model, optimiser, state
+# ---------------------------------------------------------------------------
+
+def create_model(config: ml_collections.ConfigDict) -> models.DRN:
+    """The DRN that `config.scale` and `config.model` describe."""
+    return models.DRN(
+        scale=config.scale,
+        features=config.model.features,
+        modules_per_block=config.model.modules_per_block,
+        dual=config.model.dual,
+        progressive=config.model.progressive,
+        image_residual=config.model.image_residual,
+        dtype=jnp.dtype(config.model.dtype),
+    )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Step decay (Section 5.1): `learning_rate`, times `lr_decay_factor` every `lr_decay_every` steps."""
+    return optax.exponential_decay(
+        init_value=config.learning_rate,
+        transition_steps=config.lr_decay_every,
+        decay_rate=config.lr_decay_factor,
+        staircase=True,
+    )
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.DRN,
+                       optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """Initial state; parameters depend only on `rng` and the model, not on devices."""
+    lr_size = config.data.hr_patch_size // config.scale
+    params = model.init(rng, jnp.zeros((1, lr_size, lr_size, 3), jnp.float32))["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params if config.ema_decay > 0 else None,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------
+
+def lr_pyramid(hr: jax.Array, scale: int) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """LR input and the per-level targets y_1..y_S of Eq. 7 from an HR batch.
+
+    Args:
+      hr: (B, H, W, 3) float in [0, 1], H and W divisible by `scale`.
+      scale: 2, 4 or 8.
+
+    Returns:
+      (lr, targets): lr is (B, H/scale, W/scale, 3); targets are coarse to fine, level i
+      at H * 2^i / scale, the last being `hr` itself. Every downscaled image goes through
+      the project's MATLAB bicubic and is rounded to 8 bits, like a saved LR file.
+    """
+    num_levels = int(math.log2(scale))
+    lr = imresize(hr, 1 / scale, quantize=True)
+    targets = tuple(imresize(hr, 2 ** level / scale, quantize=True) for level in range(1, num_levels))
+    return lr, (*targets, hr)
+
+
+def _level_targets(config: ml_collections.ConfigDict, lr: jax.Array, pyramid: Sequence[jax.Array],
+                   primal: Sequence[jax.Array]) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """(primal targets, dual targets) matching the model's outputs, coarse to fine."""
+    if not config.model.progressive:
+        # Plain / dual-only ablations: the final image alone, its dual maps back to LR.
+        return (pyramid[-1],), (lr,)
+    if config.loss.dual_target == "prediction":
+        previous = tuple(jax.lax.stop_gradient(image) for image in primal[:-1])
+    else:
+        previous = tuple(pyramid[:-1])
+    return tuple(pyramid), (lr, *previous)
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, model: models.DRN
+                 ) -> Callable[[Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
+    """loss_fn(params, hr_uint8) -> (total, terms) for one (per-device) batch."""
+
+    def loss_fn(params, hr_uint8):
+        hr = hr_uint8.astype(jnp.float32) / 255.0
+        lr, pyramid = lr_pyramid(hr, config.scale)
+        outputs = model.apply({"params": params}, lr)
+        primal_targets, dual_targets = _level_targets(config, lr, pyramid, outputs.primal)
+        return losses.drn_objective(
+            outputs.primal, primal_targets,
+            outputs.dual, dual_targets if outputs.dual is not None else None,
+            loss=config.loss.name, lam=config.loss.lam, dual_weight=config.loss.dual_weight)
+
+    return loss_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: models.DRN,
+                    optimizer: optax.GradientTransformation, mesh: Mesh
+                    ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted, data-parallel step: (state, hr_uint8 global batch) -> (state, metrics).
+
+    `state` is replicated and donated; the batch is sharded over `mesh`'s data axis.
+    """
+    loss_fn = make_loss_fn(config, model)
+    schedule = learning_rate_schedule(config)
+
+    def global_loss(params, hr_uint8):
+        # The objective is the mean over the global batch: every device holds an equal
+        # shard, so it is the mean of the per-device means. Differentiating through
+        # `pmean` gives each device the averaged gradient of the replicated parameters
+        # (shard_map psums the cotangent of a replicated input), i.e. pmap semantics.
+        total, terms = loss_fn(params, hr_uint8)
+        return jax.lax.pmean((total, terms), DATA_AXIS)
+
+    def per_device_step(state: TrainState, hr_uint8: jax.Array):
+        (total, terms), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params, hr_uint8)
+        terms = dict(terms, total=total)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_params is not None:
+            ema_params = optax.incremental_update(params, ema_params, 1.0 - config.ema_decay)
+        metrics = dict(terms, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
+        return TrainState(state.step + 1, params, opt_state, ema_params), metrics
+
+    step = jax.shard_map(
+        per_device_step, mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+        out_specs=(PartitionSpec(), PartitionSpec()),
+    )
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named ``data`` over `devices` (default: every device of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def global_batch(local_hr: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Assembles the global (B, H, W, 3) batch from this process's (B / processes, ...) part."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(DATA_AXIS)), local_hr)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term or the gradient norm became NaN or inf."""
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (save, then exit)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means now
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters to evaluate: the EMA when the run keeps one."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
+def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
+    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteLossError(
+            f"step {step}: non-finite {', '.join(bad)} ({', '.join(f'{n}={metrics[n]}' for n in bad)}); "
+            "the last checkpoint is kept; lower learning_rate or check the data")
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
+
+    Writes `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints/` and at the
+    end `summary.json` into `workdir` (process 0 only writes logs and summaries).
+    """
+    from drn_jax import checkpointing, evaluation, input_pipeline, reporting
+
+    if config.distributed:
+        jax.distributed.initialize()
+    run_start = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    is_lead = jax.process_index() == 0
+    num_devices, num_processes = jax.device_count(), jax.process_count()
+
+    # Everything that can be wrong with the inputs is reported before compiling.
+    config_lib.validate(config, num_devices=num_devices, num_processes=num_processes)
+    train_source = input_pipeline.parse_source(config.data.train, tfds_data_dir=config.data.tfds_data_dir)
+    val_images = input_pipeline.load_images(config.data.val, limit=config.data.val_limit or None,
+                                            tfds_data_dir=config.data.tfds_data_dir)
+    if not val_images:
+        raise config_lib.ConfigError(f"data.val={config.data.val!r} holds no readable images")
+
+    model = create_model(config)
+    optimizer = create_optimizer(config)
+    mesh = make_mesh()
+    checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    state = create_train_state(config, model, optimizer, jax.random.key(config.seed))
+    state, data_position = checkpointer.restore_or(state)
+    state = replicate(state, mesh)
+    start_step = int(state.step)
+
+    writer = reporting.RunWriter(workdir, config, enabled=is_lead)
+    if start_step:
+        writer.log_text(f"resumed from step {start_step} (data position {data_position})")
+    if start_step >= config.num_train_steps:
+        writer.log_text(f"already trained for {start_step} >= num_train_steps={config.num_train_steps} steps")
+
+    local_batch = config.batch_size // num_processes
+    dataset = input_pipeline.create_train_dataset(
+        train_source, patch_size=config.data.hr_patch_size, batch_size=local_batch, seed=config.seed,
+        shuffle_buffer=config.data.shuffle_buffer, start_position=data_position)
+    batches = dataset.as_numpy_iterator()
+    train_step = make_train_step(config, model, optimizer, mesh)
+    validate = evaluation.make_validator(config, model, val_images)
+
+    def run_validation(step: int, params) -> dict[str, float]:
+        scores, strip = validate(jax.device_get(params))
+        writer.log_eval(step, scores, strip)
+        return scores
+
+    step = start_step
+    pending: tuple[int, Any] | None = None  # metrics of the last dispatched step, checked one step late
+    checked_step = start_step
+    last_scores: dict[str, float] = {}
+    # Throughput counts only completed steps after the first (which includes compilation).
+    window_step, window_start = start_step, time.perf_counter()
+    steady_step, steady_start = None, None
+    paused_seconds = 0.0
+
+    def check_pending() -> None:
+        """Waits for the pending step, stops on a non-finite loss, logs every N steps."""
+        nonlocal pending, checked_step, window_step, window_start, steady_step, steady_start
+        if pending is None:
+            return
+        pending_step, pending_metrics = pending
+        values = {name: float(value) for name, value in jax.device_get(pending_metrics).items()}
+        _check_finite(pending_step, values)
+        checked_step, pending = pending_step, None
+        now = time.perf_counter()
+        if steady_step is None:
+            steady_step, steady_start = pending_step, now
+        if pending_step % config.log_every_steps == 0 or pending_step == config.num_train_steps:
+            throughput = (pending_step - window_step) * config.batch_size / max(now - window_start, 1e-9)
+            eta = (config.num_train_steps - pending_step) * config.batch_size / throughput
+            writer.log_train(pending_step, config.num_train_steps, values, throughput, _format_duration(eta))
+            window_step, window_start = pending_step, now
+
+    with _StopSignal() as stop:
+        try:
+            while step < config.num_train_steps and stop.received is None:
+                local = next(batches)
+                state, metrics = train_step(state, global_batch(local["hr"], mesh))
+                check_pending()  # overlaps the host sync with the step just dispatched
+                step += 1
+                data_position = int(local["position"].max()) + 1
+                pending = (step, metrics)
+                if step % config.checkpoint_every_steps == 0 or step % config.eval_every_steps == 0:
+                    check_pending()  # never save or evaluate a state that has not been checked
+                    paused_from = time.perf_counter()
+                    if step % config.checkpoint_every_steps == 0:
+                        checkpointer.save(step, state, data_position)
+                    if step % config.eval_every_steps == 0:
+                        last_scores = run_validation(step, eval_params(state))
+                    # Throughput counts training only, not saving and validation.
+                    window_step, window_start = checked_step, time.perf_counter()
+                    paused_seconds += window_start - paused_from
+            check_pending()
+        finally:
+            # A crash (including a non-finite loss) keeps the last good checkpoint:
+            # only states whose metrics were checked are saved.
+            if step == checked_step and step > start_step and not checkpointer.has(step):
+                checkpointer.save(step, state, data_position)
+            checkpointer.close()
+
+    if stop.received is not None:
+        writer.log_text(f"{stop.received}: saved step {step}; rerun the same command to resume")
+        writer.close()
+        return {"step": step, "stopped_by": stop.received}
+
+    train_seconds = time.perf_counter() - steady_start - paused_seconds if steady_start is not None else 0.0
+    steady_images = (checked_step - steady_step) * config.batch_size if steady_step is not None else 0
+    if not last_scores or step % config.eval_every_steps:
+        last_scores = run_validation(step, eval_params(state))
+    summary = {
+        "step": step,
+        **{f"val_{name}": value for name, value in last_scores.items()},
+        # Steady state: from the end of the first step (compilation) to the last.
+        "images_per_second": steady_images / train_seconds if steady_images else None,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - run_start,
+        "num_devices": num_devices,
+        "num_processes": num_processes,
+        "parameters": models.count_params(state.params),
+    }
+    writer.write_summary(summary)
+    writer.close()
+    return summary

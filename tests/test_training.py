@@ -1,0 +1,246 @@
+"""Training: the data-parallel step, resume, run outputs, paper configs, bad input."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from drn_jax import config as config_lib
+from drn_jax import training
+from drn_jax.resize import imresize
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """A DRN x4 small enough to train a few steps in seconds."""
+    config = config_lib.base_config()
+    config.model.features = 8
+    config.model.modules_per_block = 1
+    config.data.hr_patch_size = 32
+    config.batch_size = 8
+    config.num_train_steps = 6
+    config.learning_rate = 1e-3
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 3
+    config.eval_every_steps = 3
+    config.data.shuffle_buffer = 16
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> pathlib.Path:
+    """Six 48x40 photographs-like images (smooth colour ramps plus texture) and one too small."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:40, 0:48]
+    for index in range(6):
+        base = np.stack([rows * 4 + index * 10, cols * 3 + 20, (rows + cols) * 2], axis=-1)
+        noise = rng.integers(0, 40, size=base.shape)
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{index}.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "too_small.png")
+    return folder
+
+
+def test_lr_pyramid_levels_are_the_project_bicubic():
+    hr = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+    lr, targets = training.lr_pyramid(hr, 8)
+    assert lr.shape == (2, 4, 4, 3)
+    assert [t.shape[1] for t in targets] == [8, 16, 32]
+    chex.assert_trees_all_close(targets[0], imresize(hr, 1 / 4, quantize=True))
+    chex.assert_trees_all_close(targets[-1], hr)
+    # Rounded like a saved 8-bit image.
+    np.testing.assert_allclose(np.asarray(lr) * 255, np.round(np.asarray(lr) * 255), atol=1e-4)
+
+
+@pytest.mark.parametrize("progressive,dual", [(True, True), (False, False)])
+def test_step_on_8_devices_equals_1_device(progressive, dual):
+    assert jax.device_count() == 8, "conftest should emulate 8 CPU devices"
+    config = tiny_config(**{"model.progressive": progressive, "model.dual": dual})
+    model = training.create_model(config)
+    # Plain SGD: the update is linear in the gradient, so a tight tolerance checks the
+    # cross-device averaging itself (Adam divides near-zero gradients by their own
+    # magnitude and turns reduction-order noise into lr-sized differences).
+    optimizer = optax.sgd(0.1)
+    hr = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = training.make_mesh(devices)
+        state = training.replicate(
+            training.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
+        step = training.make_train_step(config, model, optimizer, mesh)
+        for _ in range(2):
+            state, metrics = step(state, training.global_batch(hr, mesh))
+        results.append(jax.device_get((state.params, metrics)))
+    (params_1, metrics_1), (params_8, metrics_8) = results
+    chex.assert_trees_all_close(params_1, params_8, atol=1e-6, rtol=1e-5)
+    chex.assert_trees_all_close(metrics_1, metrics_8, atol=1e-6, rtol=1e-5)
+    assert metrics_8["total"] > 0
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    config = tiny_config(learning_rate=3e-3)
+    model = training.create_model(config)
+    optimizer = training.create_optimizer(config)
+    mesh = training.make_mesh()
+    state = training.replicate(training.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
+    step = training.make_train_step(config, model, optimizer, mesh)
+    rows, cols = np.mgrid[0:32, 0:32]
+    hr = np.broadcast_to(np.stack([rows * 8, cols * 8, (rows + cols) * 4], -1), (8, 32, 32, 3)).astype(np.uint8)
+    losses = []
+    for _ in range(20):
+        state, metrics = step(state, training.global_batch(hr, mesh))
+        losses.append(float(metrics["total"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_schedule_is_step_decay():
+    config = tiny_config(learning_rate=1e-4, lr_decay_every=10, lr_decay_factor=0.1)
+    schedule = training.learning_rate_schedule(config)
+    np.testing.assert_allclose([schedule(0), schedule(9), schedule(10), schedule(25)], [1e-4, 1e-4, 1e-5, 1e-6],
+                               rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The loop: outputs, resume, configs, signals, bad input
+# ---------------------------------------------------------------------------
+
+def folder_config(folder: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
+    return tiny_config(**{"data.train": f"folder:{folder}", "data.val": f"folder:{folder}",
+                          "data.val_limit": 2, **overrides})
+
+
+def restored_params(workdir: pathlib.Path):
+    from drn_jax import checkpointing
+    return checkpointing.load_for_inference(workdir)[2]["params"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(image_folder, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    summary = training.train_and_evaluate(folder_config(image_folder), workdir)
+    return workdir, summary
+
+
+def test_tiny_run_writes_checkpoints_logs_and_summary(uninterrupted_run):
+    workdir, summary = uninterrupted_run
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [e["step"] for e in events if e["event"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6]
+    assert all(e["images_per_second"] > 0 and np.isfinite(e["total"]) for e in events if e["event"] == "train")
+    assert [e["step"] for e in events if e["event"] == "eval"] == [3, 6]
+    written = json.loads((workdir / "summary.json").read_text())
+    for key in ("step", "val_psnr", "val_ssim", "val_psnr_bicubic", "images_per_second"):
+        assert key in written, key
+    assert written["step"] == 6 == summary["step"]
+    assert 5 < written["val_psnr"] < 60 and 0 < written["val_ssim"] <= 1
+    assert json.loads((workdir / "config.json").read_text())["model"]["features"] == 8
+    assert list((workdir / "tensorboard").iterdir())
+
+
+def test_resumed_run_equals_uninterrupted(uninterrupted_run, image_folder, tmp_path):
+    reference_dir, _ = uninterrupted_run
+    training.train_and_evaluate(folder_config(image_folder, num_train_steps=3), tmp_path)
+    assert restored_params(tmp_path) is not None
+    summary = training.train_and_evaluate(folder_config(image_folder), tmp_path)
+    assert summary["step"] == 6
+    chex.assert_trees_all_close(restored_params(tmp_path), restored_params(reference_dir), atol=1e-7, rtol=0)
+    # And it really trained: the parameters moved away from the initial ones.
+    initial = training.create_train_state(folder_config(image_folder), training.create_model(folder_config(image_folder)),
+                                          training.create_optimizer(folder_config(image_folder)), jax.random.key(0)).params
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), restored_params(tmp_path), initial)
+    assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def run_train(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def test_x8_paper_config_runs_on_8_devices(image_folder, tmp_path):
+    result = run_train(
+        "--config=configs/x8.py", f"--workdir={tmp_path}",
+        f"--config.data.train=folder:{image_folder}", f"--config.data.val=folder:{image_folder}",
+        "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=8",
+        "--config.model.features=4", "--config.model.modules_per_block=1", "--config.num_train_steps=2",
+        "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["num_devices"] == 8
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["scale"] == 8 and config["loss"]["name"] == "gs" and config["loss"]["dual_weight"] == 0.1
+    assert "step 2/2" in result.stdout
+
+
+def test_sigterm_saves_and_exits_cleanly(image_folder, tmp_path):
+    import os
+    import signal
+    import time
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path}",
+         f"--config.data.train=folder:{image_folder}", f"--config.data.val=folder:{image_folder}",
+         "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=4",
+         "--config.model.features=4", "--config.model.modules_per_block=1",
+         "--config.num_train_steps=100000", "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000",
+         "--config.eval_every_steps=100000"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # wait until it is training
+            if line.startswith("step 3/"):
+                break
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-2000:]
+    assert time.monotonic() - started < 60
+    assert "SIGTERM: saved step" in out
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and min(saved) >= 3
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"data.train": "folder:/no/such/folder"}, "/no/such/folder"),
+    ({"data.train": "tfds:drn_jax_unprepared_dataset:train"}, "drn_jax_unprepared_dataset"),
+    ({"batch_size": 12}, "batch_size=12 is not divisible by the 8 devices"),
+    ({"data.hr_patch_size": 30}, "data.hr_patch_size=30 is not divisible by scale=4"),
+    ({"loss.name": "l3"}, "loss.name='l3' is unknown"),
+    ({"scale": 3}, "scale=3 is not supported"),
+])
+def test_bad_input_fails_before_compiling(overrides, message, image_folder, tmp_path, monkeypatch):
+    def must_not_compile(*args, **kwargs):
+        raise AssertionError("compiled before rejecting bad input")
+    monkeypatch.setattr(training, "make_train_step", must_not_compile)
+    config = folder_config(image_folder, **overrides)
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        training.train_and_evaluate(config, tmp_path)
+
+
+def test_empty_folder_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_train(f"--workdir={tmp_path / 'run'}", f"--config.data.train=folder:{empty}", timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and str(empty) in error_lines[0], result.stderr[-2000:]

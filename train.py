@@ -1,0 +1,36 @@
+"""Trains DRN.
+
+    python train.py                                   # the embedded default (a few minutes on CPU)
+    python train.py --config=configs/x8.py --workdir=runs/x8
+    python train.py --config=configs/x4.py --config.loss.name=l1 --config.model.dual=False
+
+Rerunning the same command resumes from the latest checkpoint in --workdir.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from drn_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
+    "Training configuration file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and summaries go.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    from drn_jax import training
+
+    with cli.user_errors():
+        training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
