@@ -173,3 +173,36 @@ def test_validator_for_training():
     # Different parameters, same compiled network: the scores change.
     shifted = jax.tree.map(lambda p: p * 0.5, variables["params"])
     assert validate(shifted)[0]["psnr"] != scores["psnr"]
+
+
+def test_checkpoint_from_tiny_training_run_evaluates_through_eval_py(tmp_path):
+    """train.py's checkpoint -> eval.py with no data flags scores the run's held-out images.
+
+    The training loop's last validation and eval.py use the same protocol on the same
+    images with the same parameters, so their DRN PSNRs agree.
+    """
+    from drn_jax import config as config_lib
+    from drn_jax import training
+
+    folder = tmp_path / "photos"
+    write_dataset(tmp_path / "data", "Tiny")
+    (tmp_path / "data" / "Tiny" / "HR").rename(folder)
+    config = config_lib.base_config()
+    config.model.features, config.model.modules_per_block = 8, 1
+    config.data.train = config.data.val = f"folder:{folder}"
+    config.data.hr_patch_size, config.batch_size = 16, 8
+    config.num_train_steps = config.checkpoint_every_steps = config.eval_every_steps = 2
+    workdir = tmp_path / "run"
+    summary = training.train_and_evaluate(config, workdir)
+
+    result = run_eval_py(f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((workdir / "eval" / "results.json").read_text())
+    dataset, = [name for name in written if name != "_meta"]
+    assert written[dataset]["images"] == 4
+    np.testing.assert_allclose(written[dataset]["psnr"], summary["val_psnr"], atol=1e-4)
+    np.testing.assert_allclose(written["_meta"]["bicubic"][dataset]["psnr"], summary["val_psnr_bicubic"], atol=1e-4)
+    assert written["_meta"]["parameters"] == summary["parameters"]
+    for name in ("results.md", "per_image.csv"):
+        assert (workdir / "eval" / name).is_file()
+    assert "DRN" in result.stdout and "Bicubic" in result.stdout
