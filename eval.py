@@ -11,6 +11,7 @@ Prints the table (bicubic and DRN rows) and writes results.json, results.md and 
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from drn_jax import cli, evaluation
 
@@ -42,6 +43,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # absl shows INFO records; JAX's backend probing ("Unable to initialize backend 'tpu'") and
     # the greyscale note for Set14's bridge.png are noise in the middle of a progress bar.
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)
     logging.getLogger("drn_jax.image_io").setLevel(logging.WARNING)
     options = evaluation.EvalOptions(
