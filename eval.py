@@ -3,6 +3,7 @@
     python eval.py                                   # runs/default's checkpoint on its held-out photos
     python eval.py --data_dir=../shared/data/benchmark --datasets=Set5,Set14
     python eval.py --method=bicubic --scale=4 --data_dir=../shared/data/benchmark
+    python eval.py --pretrained=x4 --data_dir=../shared/data/benchmark --datasets=Set5,Set14
 
 Prints the table (bicubic and DRN rows) and writes results.json, results.md and per_image.csv to
 --output_dir (default <workdir>/eval). The work is done by `drn_jax.evaluation.run`.
@@ -19,6 +20,10 @@ _WORKDIR = flags.DEFINE_string("workdir", evaluation.DEFAULT_WORKDIR,
                                "training workdir: its latest checkpoint and saved config are used")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "a checkpoint step folder <workdir>/checkpoints/<step>; overrides --workdir")
+_PRETRAINED = flags.DEFINE_string("pretrained", None,
+                                  "a pretrained model shipped with the package (e.g. x4; "
+                                  "`python -m drn_jax.pretrained list`), used instead of --workdir; "
+                                  "results go to runs/pretrained-<name>/eval by default")
 _METHOD = flags.DEFINE_enum("method", "model", ["model", "bicubic"], "what to score")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "folder holding <Name>/HR/ image folders (Set5, Set14, ...)")
@@ -47,7 +52,8 @@ def main(argv):
     logging.getLogger("jax").setLevel(logging.WARNING)
     logging.getLogger("drn_jax.image_io").setLevel(logging.WARNING)
     options = evaluation.EvalOptions(
-        workdir=_WORKDIR.value, checkpoint=_CHECKPOINT.value, method=_METHOD.value,
+        workdir=None if _PRETRAINED.value else _WORKDIR.value, checkpoint=_CHECKPOINT.value,
+        pretrained=_PRETRAINED.value, method=_METHOD.value,
         data_dir=_DATA_DIR.value, datasets=_DATASETS.value, scale=_SCALE.value,
         output_dir=_OUTPUT_DIR.value, save_images=_SAVE_IMAGES.value,
         self_ensemble=_SELF_ENSEMBLE.value, tile=_TILE.value, tile_overlap=_TILE_OVERLAP.value,
@@ -57,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

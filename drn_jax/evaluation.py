@@ -60,6 +60,7 @@ __all__ = [
 PAPER_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 METRICS = ("psnr", "ssim", "gradient_psnr")
 DEFAULT_WORKDIR = "runs/default"
+PRETRAINED_OUTPUT = "runs/pretrained-{name}/eval"  # eval.py --pretrained's default --output_dir
 DEFAULT_VAL = "samples:val"  # the default config's held-out photos
 BICUBIC, DRN = "Bicubic", "DRN"
 
@@ -246,8 +247,15 @@ def evaluate(methods: Mapping[str, inference.ImageUpscaler], datasets: Sequence[
     results = Results(scale, list(methods), [d.name for d in datasets])
     for dataset in datasets:
         bar = _progress(len(dataset), f"{dataset.name} x{scale}", progress)
-        for name, hr in dataset:
-            hr, lr = make_lr(hr, scale)
+        for name, load in zip(dataset.names, dataset.loaders):
+            try:
+                hr, lr = make_lr(load(), scale)
+            except ValueError as err:  # ImageReadError names the file; make_lr's errors do not
+                # One unusable file costs its row (the table counts the images), not the run.
+                where = "" if isinstance(err, image_io.ImageReadError) else f"{dataset.name}/{name}: "
+                bar.write(f"warning: {where}{err}; skipped", file=sys.stderr)
+                bar.update(1)
+                continue
             outputs = []
             for method, upscaler in methods.items():
                 start = time.perf_counter()
@@ -376,9 +384,12 @@ class EvalOptions:
     tile_overlap: int | None = None
     save_comparison: bool = False
     progress: bool = True
+    pretrained: str | None = None  # a shipped model (drn_jax.pretrained); used instead of workdir
 
 
 def _run_workdir(options: EvalOptions) -> pathlib.Path | None:
+    if options.pretrained:
+        return None
     if options.checkpoint:  # <workdir>/checkpoints/<step>
         return pathlib.Path(options.checkpoint).absolute().parent.parent
     return pathlib.Path(options.workdir) if options.workdir else None
@@ -395,13 +406,22 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
     workdir = _run_workdir(options)
     config, meta = None, {}
     methods: dict[str, inference.ImageUpscaler] = {}
+    if options.pretrained and options.method != "model":
+        raise ValueError(f"--pretrained scores a shipped model; drop it for --method={options.method}")
+    if options.pretrained and options.checkpoint:
+        raise ValueError("give --pretrained or --checkpoint, not both")
     if options.method == "model":
         from drn_jax import checkpointing, models
 
-        if workdir is None:
-            raise ValueError("--method=model needs --workdir or --checkpoint")
-        config, model, variables = checkpointing.load_for_inference(
-            workdir=None if options.checkpoint else workdir, checkpoint=options.checkpoint)
+        if options.pretrained:
+            from drn_jax import pretrained
+
+            config, model, variables = pretrained.load(options.pretrained)
+        elif workdir is None:
+            raise ValueError("--method=model needs --workdir, --checkpoint or --pretrained")
+        else:
+            config, model, variables = checkpointing.load_for_inference(
+                workdir=None if options.checkpoint else workdir, checkpoint=options.checkpoint)
         if options.scale is not None and options.scale != model.scale:
             raise ValueError(f"the checkpoint's model upscales x{model.scale}; "
                              f"drop --scale or pass --scale={model.scale}")
@@ -412,7 +432,8 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
         label = DRN + ("+" if options.self_ensemble else "")
         methods = {BICUBIC: inference.BicubicUpscaler(scale), label: upscaler}
         meta = {"label": label, "parameters": models.count_params(variables["params"]),
-                "workdir": str(workdir), "checkpoint": options.checkpoint,
+                "workdir": str(workdir) if workdir else None, "checkpoint": options.checkpoint,
+                "pretrained": options.pretrained,
                 "self_ensemble": options.self_ensemble, "tile": options.tile,
                 "tile_overlap": upscaler.tile_overlap if options.tile else None,
                 "receptive_field_radius": inference.receptive_field_radius(model)}
@@ -435,11 +456,18 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
             if not specs:
                 raise FileNotFoundError(f"{options.data_dir}: no <Name>/HR/ dataset folders "
                                         "(e.g. Set5/HR/); check --data_dir")
+        elif options.pretrained:
+            # The training run's validation source may not exist on this machine.
+            specs = [DEFAULT_VAL]
         else:
             specs = [config.data.val if config is not None else DEFAULT_VAL]
     datasets = [open_dataset(spec, options.data_dir) for spec in specs]
-    output_dir = pathlib.Path(options.output_dir) if options.output_dir else (
-        (workdir or pathlib.Path(DEFAULT_WORKDIR)) / "eval")
+    if options.output_dir:
+        output_dir = pathlib.Path(options.output_dir)
+    elif options.pretrained:
+        output_dir = pathlib.Path(PRETRAINED_OUTPUT.format(name=options.pretrained))
+    else:
+        output_dir = (workdir or pathlib.Path(DEFAULT_WORKDIR)) / "eval"
 
     start = time.perf_counter()
     results = evaluate(methods, datasets, scale, output_dir=output_dir,

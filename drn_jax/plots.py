@@ -7,6 +7,9 @@
 * :func:`plot_psnr_vs_params` plots one point per ``results.json`` (x: parameters, log scale;
   y: PSNR), one panel per dataset, bicubic as a dashed line. Matplotlib with the Agg backend.
   ``python -m drn_jax.plots runs/*/eval/results.json --out fig.png`` does it from the shell.
+* :func:`plot_training_curves` plots validation PSNR (or another eval metric) against training
+  steps from runs' ``metrics.jsonl`` files, several runs (and seeds) on one figure, as the
+  paper's Fig. 2 does for its losses. Matplotlib with the Agg backend.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import argparse
 import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["best_crop", "comparison_strip", "load_results", "plot_psnr_vs_params", "main"]
+__all__ = ["best_crop", "comparison_strip", "load_eval_curve", "load_results", "plot_psnr_vs_params",
+           "plot_training_curves", "main"]
 
 PANEL = 256  # display side of each crop panel, in pixels
 _LABEL_HEIGHT = 26
@@ -181,6 +185,99 @@ def plot_psnr_vs_params(result_files: Sequence[str | pathlib.Path], out: str | p
         ax.set_xlabel("parameters")
         ax.set_ylabel("PSNR (dB, Y)")
         ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------
+
+def load_eval_curve(path: str | pathlib.Path, metric: str = "psnr") -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of ``metric`` from the ``"eval"`` events of a run's ``metrics.jsonl``.
+
+    A step logged twice (a run resumed after its last evaluation) keeps its last value; steps
+    come out sorted. Lines that are not JSON (a line cut by a crash) are skipped. Raises
+    ``FileNotFoundError`` with a one-line message when the file is missing.
+    """
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; is it a training workdir?") from None
+    points: dict[int, float] = {}
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "eval" and metric in event:
+            points[int(event["step"])] = float(event[metric])
+    steps = sorted(points)
+    return steps, [points[step] for step in steps]
+
+
+def plot_training_curves(curves: Mapping[str, Sequence[str | pathlib.Path]], out: str | pathlib.Path,
+                         *, metric: str = "psnr", title: str | None = None,
+                         ylabel: str | None = None, baseline: str | None = "psnr_bicubic",
+                         zoom: bool = True) -> pathlib.Path:
+    """Validation ``metric`` against training steps, one colour per label, on one figure.
+
+    Args:
+      curves: label -> the ``metrics.jsonl`` files of its runs (e.g. one per seed). The first
+        file of a label is drawn solid, further ones (other seeds) dashed in the same colour
+        and labelled "(run 2)", ...
+      out: the image to write (PNG, PDF or SVG); folders are created.
+      metric: the eval event's field (``psnr``, ``ssim``, ``gradient_psnr``).
+      title, ylabel: figure title and y label (default: the metric's name).
+      baseline: an eval field drawn as a grey horizontal line (the bicubic PSNR of the
+        validation images), taken from the first file that has it; None for none.
+      zoom: fit the y axis to the last three quarters of training, where runs differ by tenths
+        of a dB; the first evaluations (often far lower) and the baseline may fall outside it.
+
+    Returns the written path. Files without eval events are left out of the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    baseline_value = None
+    plotted: list[tuple[list[int], list[float]]] = []
+    for index, (label, paths) in enumerate(curves.items()):
+        colour = colours[index % len(colours)]
+        for seed_index, path in enumerate(paths):
+            steps, values = load_eval_curve(path, metric)
+            if not steps:
+                continue
+            plotted.append((steps, values))
+            ax.plot(steps, values, color=colour, linestyle="-" if seed_index == 0 else "--",
+                    marker="o", markersize=3, linewidth=1.5 if seed_index == 0 else 1.0,
+                    label=label if seed_index == 0 else f"{label} (run {seed_index + 1})")
+            if baseline and baseline_value is None:
+                _, base = load_eval_curve(path, baseline)
+                baseline_value = base[-1] if base else None
+    if baseline_value is not None:
+        ax.axhline(baseline_value, color="grey", linestyle=":", linewidth=1, label="Bicubic")
+    if zoom and plotted:
+        last = max(steps[-1] for steps, _ in plotted)
+        late = [v for steps, values in plotted for s, v in zip(steps, values) if s >= last / 4]
+        low, high = min(late), max(late)
+        margin = 0.08 * (high - low) + 0.02
+        ax.set_ylim(low - margin, high + margin)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel or {"psnr": "PSNR (dB, Y)", "gradient_psnr": "gradient PSNR (dB)"}.get(metric, metric))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ Files and folders (searched recursively for PNG, JPEG and BMP) go in; ``<stem>_x
 files come out. Every image runs through :class:`drn_jax.inference.Upscaler` in fixed-shape tiles
 (``--tile``, 256 LR pixels by default), so memory stays bounded and the network compiles once
 for all images larger than a tile; the tile overlap defaults to the network's receptive-field
-radius, which makes the tiled result equal the untiled one.
+radius, which makes the tiled result equal the untiled one. The network comes from a training
+``--workdir`` (or ``--checkpoint``), or from ``--pretrained NAME``, a model shipped with the
+package (:mod:`drn_jax.pretrained`).
 
 Inputs are read by :func:`drn_jax.image_io.read_image`: convertible files (greyscale, RGBA,
 16-bit, palette, CMYK) are converted with a one-line warning and upscaled; unusable ones
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
                         help="training workdir whose latest checkpoint is used (default: %(default)s)")
     parser.add_argument("--checkpoint", help="a checkpoint step folder <workdir>/checkpoints/<step>")
+    parser.add_argument("--pretrained", metavar="NAME",
+                        help="a pretrained model shipped with the package (e.g. x4), used instead of "
+                             "--workdir; `python -m drn_jax.pretrained list` shows them")
     parser.add_argument("--method", choices=("model", "bicubic"), default="model",
                         help="the network, or MATLAB bicubic as a baseline (default: %(default)s)")
     parser.add_argument("--scale", type=int, help="upscaling factor (bicubic only; a model has its own)")
@@ -99,10 +104,17 @@ def _load_upscaler(args: argparse.Namespace, parser: argparse.ArgumentParser):
         if args.scale is None:
             parser.error("--scale is required with --method=bicubic")
         return inference.BicubicUpscaler(args.scale)
-    from drn_jax import checkpointing
+    if args.pretrained:
+        if args.checkpoint:
+            parser.error("give --pretrained or --checkpoint, not both")
+        from drn_jax import pretrained
 
-    config, model, variables = checkpointing.load_for_inference(
-        workdir=None if args.checkpoint else args.workdir, checkpoint=args.checkpoint)
+        config, model, variables = pretrained.load(args.pretrained)
+    else:
+        from drn_jax import checkpointing
+
+        config, model, variables = checkpointing.load_for_inference(
+            workdir=None if args.checkpoint else args.workdir, checkpoint=args.checkpoint)
     if args.scale is not None and args.scale != model.scale:
         parser.error(f"the checkpoint's model upscales x{model.scale}; drop --scale")
     return inference.make_upscaler(model, variables=variables, tile=args.tile or None,

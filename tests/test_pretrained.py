@@ -1,0 +1,199 @@
+"""Pretrained models: export from a checkpoint, bitwise load, eval.py/drn-upscale --pretrained, the shipped x4."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from drn_jax import checkpointing, evaluation, pretrained, training, upscale
+from drn_jax import config as config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> pathlib.Path:
+    """Six small photograph-like images (colour ramps plus texture)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[0:40, 0:48]
+    for index in range(6):
+        base = np.stack([rows * 4 + index * 10, cols * 3 + 20, (rows + cols) * 2], axis=-1)
+        noise = rng.integers(0, 40, size=base.shape)
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(image_folder, tmp_path_factory) -> pathlib.Path:
+    """A real 2-step training run of a tiny DRN (F 4, one module per block)."""
+    config = config_lib.base_config()
+    config.model.features = 4
+    config.model.modules_per_block = 1
+    config.data.train = config.data.val = f"folder:{image_folder}"
+    config.data.val_limit = 2
+    config.data.hr_patch_size = 32
+    config.batch_size = 8
+    config.num_train_steps = 2
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    config.eval_every_steps = 2
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    training.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture
+def pretrained_dir(tmp_path, monkeypatch) -> pathlib.Path:
+    """A temporary pretrained folder, also set in DRN_PRETRAINED_DIR: tests never write into the package."""
+    folder = tmp_path / "pretrained"
+    monkeypatch.setenv(pretrained.DIRECTORY_ENV, str(folder))
+    return folder
+
+
+def test_export_then_load_gives_identical_params(tiny_run, pretrained_dir):
+    path = pretrained.export(tiny_run, "tiny", card={"notes": "test"})
+    assert path == pretrained_dir / "tiny.msgpack" and path.is_file()
+    assert pretrained.available() == ["tiny"]
+    assert not (pretrained.PACKAGE_DIRECTORY / "tiny.msgpack").exists()
+
+    _, _, reference = checkpointing.load_for_inference(tiny_run)
+    config, model, variables = pretrained.load("tiny")
+    want = jax.tree_util.tree_leaves_with_path(reference["params"])
+    got = jax.tree_util.tree_leaves_with_path(variables["params"])
+    assert [jax.tree_util.keystr(k) for k, _ in want] == [jax.tree_util.keystr(k) for k, _ in got]
+    for (key, a), (_, b) in zip(want, got):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        assert a.tobytes() == b.tobytes(), key  # bit for bit
+    assert (model.scale, model.features, model.modules_per_block) == (4, 4, 1)
+    assert config.model.features == 4
+
+    meta = pretrained.load_metadata("tiny")
+    assert meta["card"]["steps"] == 2 and meta["card"]["notes"] == "test"
+    assert meta["card"]["data"].startswith("folder:") and meta["card"]["machine"]
+    assert meta["parameters"] == sum(np.asarray(x).size for x in jax.tree.leaves(variables))
+
+
+def test_checkpoint_step_folder_exports_that_step(tiny_run, pretrained_dir):
+    pretrained.export(tiny_run / "checkpoints" / "2", "step2", path=pretrained_dir)
+    assert pretrained.load_metadata("step2", pretrained_dir)["card"]["steps"] == 2
+
+
+def test_unknown_name_is_a_one_line_error_naming_the_available(tiny_run, pretrained_dir):
+    pretrained.export(tiny_run, "tiny")
+    with pytest.raises(FileNotFoundError) as info:
+        pretrained.load("x5")
+    message = str(info.value)
+    assert "\n" not in message and "'x5'" in message and "available: tiny" in message
+    with pytest.raises(ValueError, match="--name"):
+        pretrained.export(tiny_run, "../escape")
+
+
+def test_corrupted_parameters_are_refused(tiny_run, pretrained_dir):
+    path = pretrained.export(tiny_run, "tiny")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        pretrained.load("tiny")
+
+
+def test_eval_pretrained_equals_eval_workdir(tiny_run, image_folder, pretrained_dir, tmp_path):
+    """eval.py --pretrained (default output folder) scores exactly what --workdir scores."""
+    source = f"folder:{image_folder}"
+    by_workdir = evaluation.run(evaluation.EvalOptions(
+        workdir=str(tiny_run), datasets=[source], output_dir=str(tmp_path / "workdir_eval"), progress=False),
+        print_fn=lambda _: None)
+    pretrained.export(tiny_run, "tiny")
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+           pretrained.DIRECTORY_ENV: str(pretrained_dir)}
+    result = subprocess.run([sys.executable, str(REPO / "eval.py"), "--pretrained=tiny", f"--datasets={source}"],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = json.loads((cwd / "runs" / "pretrained-tiny" / "eval" / "results.json").read_text())
+    expected = by_workdir.summary("DRN")[source]
+    for metric in ("psnr", "ssim", "gradient_psnr"):
+        assert written[source][metric] == pytest.approx(expected[metric], abs=1e-9), metric
+    assert written["_meta"]["pretrained"] == "tiny"
+
+    unknown = subprocess.run([sys.executable, str(REPO / "eval.py"), "--pretrained=nope", f"--datasets={source}"],
+                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1].startswith("error: no pretrained model 'nope'")
+    assert "Traceback" not in unknown.stderr
+
+
+def test_eval_options_refuse_pretrained_with_checkpoint_or_bicubic(pretrained_dir):
+    with pytest.raises(ValueError, match="not both"):
+        evaluation.run(evaluation.EvalOptions(pretrained="x", checkpoint="runs/a/checkpoints/1"))
+    with pytest.raises(ValueError, match="--method=bicubic"):
+        evaluation.run(evaluation.EvalOptions(pretrained="x", method="bicubic", scale=4))
+
+
+def test_upscale_pretrained_equals_workdir(tiny_run, image_folder, pretrained_dir, tmp_path, capsys):
+    pretrained.export(tiny_run, "tiny")
+    image = image_folder / "img0.png"
+    assert upscale.main([str(image), "--output_dir", str(tmp_path / "a"), "--workdir", str(tiny_run),
+                         "--no_progress"]) == 0
+    assert upscale.main([str(image), "--output_dir", str(tmp_path / "b"), "--pretrained", "tiny",
+                         "--no_progress"]) == 0
+    a = np.asarray(Image.open(tmp_path / "a" / "img0_x4.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "img0_x4.png"))
+    assert a.shape == (160, 192, 3) and np.array_equal(a, b)
+    assert upscale.main([str(image), "--output_dir", str(tmp_path / "c"), "--pretrained", "nope",
+                         "--no_progress"]) == 2
+    assert "no pretrained model 'nope'" in capsys.readouterr().err
+
+
+def test_cli_export_writes_model_card(tiny_run, image_folder, pretrained_dir, tmp_path, capsys):
+    results = {"Set5": {"psnr": 30.1234, "ssim": 0.85, "gradient_psnr": 25.5, "images": 5},
+               "Set14": {"psnr": 27.6543, "ssim": 0.75, "gradient_psnr": 24.25, "images": 14},
+               "_meta": {"scale": 4, "label": "DRN", "self_ensemble": False,
+                         "bicubic": {"Set5": {"psnr": 28.42, "ssim": 0.8104, "gradient_psnr": 22.0, "images": 5}}}}
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(results))
+    assert pretrained.main(["export", "--workdir", str(tiny_run), "--name", "tiny",
+                            "--card-from", str(results_path)]) == 0
+    card = (pretrained_dir / "tiny.md").read_text()
+    for text in ("30.12", "0.8500", "25.50", "27.65", "24.25", "28.42 / 0.8104", "| steps | 2 ",
+                 "machine", "wall time", "folder:"):
+        assert text in card, text
+    scores = pretrained.load_metadata("tiny")["card"]["scores"]
+    assert scores["Set14"]["psnr"] == 27.6543
+    assert pretrained.main(["list"]) == 0
+    assert "tiny: x4" in capsys.readouterr().out
+    assert pretrained.main(["export", "--workdir", str(tmp_path / "none"), "--name", "x"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_shipped_x4_scores_its_model_card(benchmark_dir, monkeypatch, tmp_path):
+    """The shipped x4 model reproduces the Set5/Set14 x4 scores its model card reports, to 0.01 dB."""
+    monkeypatch.delenv(pretrained.DIRECTORY_ENV, raising=False)
+    if "x4" not in pretrained.available(pretrained.PACKAGE_DIRECTORY):
+        pytest.skip("no shipped x4 model yet")
+    card = pretrained.load_metadata("x4", pretrained.PACKAGE_DIRECTORY)["card"]
+    reported = card.get("scores", {})
+    assert {"Set5", "Set14"} <= set(reported), "the x4 model card must report Set5 and Set14"
+    assert (pretrained.PACKAGE_DIRECTORY / "x4.md").is_file()
+    assert (pretrained.PACKAGE_DIRECTORY / "x4.msgpack").stat().st_size < 8 * 2**20
+    settings = card.get("evaluation", {})
+    results = evaluation.run(evaluation.EvalOptions(
+        pretrained="x4", data_dir=str(benchmark_dir), datasets=["Set5", "Set14"], output_dir=str(tmp_path),
+        self_ensemble=bool(settings.get("self_ensemble")), tile=settings.get("tile"),
+        tile_overlap=settings.get("tile_overlap"), progress=False), print_fn=lambda _: None)
+    scored = results.summary(results.methods[-1])
+    for dataset in ("Set5", "Set14"):
+        assert scored[dataset]["images"] == reported[dataset]["images"], dataset
+        assert abs(scored[dataset]["psnr"] - reported[dataset]["psnr"]) <= 0.01, (dataset, scored[dataset])
+        assert abs(scored[dataset]["gradient_psnr"] - reported[dataset]["gradient_psnr"]) <= 0.01, dataset
+        assert abs(scored[dataset]["ssim"] - reported[dataset]["ssim"]) <= 1e-4, dataset
