@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from drn_jax import evaluation, inference, models, plots
+from tiny_models import tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,26 +23,6 @@ def run_eval_py(*flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, str(REPO / "eval.py"), *flags], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
-
-
-def tiny_model(scale: int = 4, image_residual: bool = False):
-    """A small DRN (F=8, one module per block) with random variables drawn in NumPy.
-
-    Not ``model.init``: jax.random's threefry takes seconds to compile on CPU, and any random
-    weights do here. Kernels follow PyTorch's default bound; biases are non-zero so that zero
-    padding and ReLUs act as in a trained network.
-    """
-    model = models.DRN(scale, features=8, modules_per_block=1, image_residual=image_residual)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
-    rng = np.random.default_rng(0)
-
-    def draw(leaf):
-        if len(leaf.shape) == 4:  # (3, 3, in, out)
-            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:3]))
-            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
-        return (0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return model, jax.tree.map(draw, shapes)
 
 
 def assert_row(entry: dict, psnr: float, ssim: float, images: int):
