@@ -12,11 +12,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from drn_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
     "Training configuration file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and summaries go.")
@@ -33,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -13,11 +13,10 @@ CPU, eight emulated devices, or a multi-host pod slice.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
+import errno
 import logging
 import math
+import os
 import pathlib
 import signal
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from drn_jax import cli
 from drn_jax import config as config_lib
 from drn_jax import losses
 from drn_jax import models
@@ -92,7 +92,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.DRN,
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        ema_params=params if config.ema_decay > 0 else None,
+        # A copy: the step donates the state, and one buffer cannot be donated twice.
+        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else None,
     )
 
 
@@ -201,11 +202,79 @@ def global_batch(local_hr: np.ndarray, mesh: Mesh) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------
+# Several processes
+# ---------------------------------------------------------------------------
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize`, from the environment where the cluster is not detected.
+
+    On a TPU pod slice, SLURM, Open MPI and Kubernetes JAX finds the coordinator, the
+    process count and this process's id itself. Elsewhere (several GPU hosts, or several
+    processes on one machine) set ``JAX_COORDINATOR_ADDRESS=host:port``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on every process. On CPU the
+    cross-process collectives are gloo over TCP, JAX's default.
+    """
+    if jax.distributed.is_initialized():
+        return
+    kwargs: dict[str, Any] = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise config_lib.ConfigError(f"{name}={value!r} is not an integer") from None
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise config_lib.ConfigError(
+            f"distributed=True: cannot start JAX's distributed runtime ({reason}); on a TPU pod "
+            "slice, SLURM or Open MPI it is found automatically, elsewhere set "
+            "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every "
+            "process") from None
+
+
+def make_flag_reducer(mesh: Mesh) -> Callable[[int], jax.Array]:
+    """any_flag(local int) -> the maximum over all processes, as a replicated scalar.
+
+    Dispatched asynchronously like a step, and read one step late with its metrics, so
+    every process learns of a signal another received at the same step, without an extra
+    host synchronisation.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    reduce_max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    local_devices = sum(device.process_index == jax.process_index() for device in mesh.devices.flat)
+
+    def any_flag(value: int) -> jax.Array:
+        local = np.full((local_devices,), value, np.int32)
+        return reduce_max(jax.make_array_from_process_local_data(sharding, local))
+
+    return any_flag
+
+
+def gather_positions(position: int) -> list[int]:
+    """Every process's data position, indexed by process (a collective on several processes)."""
+    if jax.process_count() == 1:
+        return [int(position)]
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather(np.asarray(position, np.int64))
+    return [int(p) for p in np.asarray(gathered).reshape(-1)]
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+# ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
 
-class NonFiniteLossError(RuntimeError):
-    """A loss term or the gradient norm became NaN or inf."""
+class NonFiniteLossError(cli.RunError):
+    """A loss term or the gradient norm became NaN or inf; no state after it is saved."""
 
 
 class _StopSignal:
@@ -242,8 +311,7 @@ def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise NonFiniteLossError(
-            f"step {step}: non-finite {', '.join(bad)} ({', '.join(f'{n}={metrics[n]}' for n in bad)}); "
-            "the last checkpoint is kept; lower learning_rate or check the data")
+            f"step {step}: non-finite {', '.join(bad)} ({', '.join(f'{n}={metrics[n]}' for n in bad)})")
 
 
 def _format_duration(seconds: float) -> str:
@@ -252,16 +320,36 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+# Errors writing into the workdir that Python reports without a file name.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
 
     Writes `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints/` and at the
     end `summary.json` into `workdir` (process 0 only writes logs and summaries).
+
+    Raises one-line errors for what a user can fix: `config_lib.ConfigError` and
+    `ValueError` for bad settings and data (before anything compiles), `OSError` naming the
+    folder for an unwritable or full workdir (saved checkpoints are kept), and
+    `NonFiniteLossError` naming the step and the loss terms.
     """
+    try:
+        return _train_and_evaluate(config, workdir)
+    except OSError as err:
+        if err.errno in _DISK_ERRNOS and err.filename is None:
+            # e.g. a log line appended to a full disk: "[Errno 28] No space left on device".
+            raise OSError(f"{pathlib.Path(workdir).absolute()}: cannot write the run's files ({err.strerror}); "
+                          "saved checkpoints are kept; free some space or choose a writable --workdir") from None
+        raise
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     from drn_jax import checkpointing, evaluation, input_pipeline, reporting
 
     if config.distributed:
-        jax.distributed.initialize()
+        initialize_distributed()
     run_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     is_lead = jax.process_index() == 0
@@ -279,32 +367,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     optimizer = create_optimizer(config)
     mesh = make_mesh()
     checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    state = create_train_state(config, model, optimizer, jax.random.key(config.seed))
+    if checkpointer.latest_step() is not None:
+        # A checkpoint of another model is refused before restoring, compiling or writing.
+        checkpointing.check_compatible(workdir, config)
+    local_batch = config.batch_size // num_processes
+    # Restored straight into the replicated layout: every process reads the same state.
+    state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed)), mesh)
     state, data_position = checkpointer.restore_or(state)
-    state = replicate(state, mesh)
     start_step = int(state.step)
 
     writer = reporting.RunWriter(workdir, config, enabled=is_lead)
+    if data_position is None:
+        # Saved by another number of processes: each process's stream is another one now.
+        data_position = start_step * local_batch
+        writer.log_text(f"warning: the checkpoint of step {start_step} was written by another number "
+                        f"of processes; the data streams restart at position {data_position}, so this "
+                        "run will not match an uninterrupted one exactly")
     if start_step:
         writer.log_text(f"resumed from step {start_step} (data position {data_position})")
     if start_step >= config.num_train_steps:
         writer.log_text(f"already trained for {start_step} >= num_train_steps={config.num_train_steps} steps")
 
-    local_batch = config.batch_size // num_processes
     dataset = input_pipeline.create_train_dataset(
         train_source, patch_size=config.data.hr_patch_size, batch_size=local_batch, seed=config.seed,
-        shuffle_buffer=config.data.shuffle_buffer, start_position=data_position)
+        shuffle_buffer=config.data.shuffle_buffer, start_position=data_position,
+        process_index=jax.process_index(), process_count=num_processes)
+    writer.log_text(dataset.source_info.summary())
     batches = dataset.as_numpy_iterator()
     train_step = make_train_step(config, model, optimizer, mesh)
-    validate = evaluation.make_validator(config, model, val_images)
+    # Validation runs on process 0 only: it alone logs, and the others need not wait for it.
+    validate = evaluation.make_validator(config, model, val_images) if is_lead else None
+    any_flag = make_flag_reducer(mesh) if num_processes > 1 else None
 
     def run_validation(step: int, params) -> dict[str, float]:
+        if validate is None:
+            return {}
         scores, strip = validate(jax.device_get(params))
         writer.log_eval(step, scores, strip)
         return scores
 
+    def save(step: int, state: TrainState, position: int) -> None:
+        positions = gather_positions(position)  # on every process, at the same steps
+        if not bool(_all_finite((state.params, state.opt_state, state.ema_params))):
+            raise NonFiniteLossError(f"step {step}: the parameters or the optimiser state are not finite")
+        checkpointer.save(step, state, positions)
+
     step = start_step
-    pending: tuple[int, Any] | None = None  # metrics of the last dispatched step, checked one step late
+    # Metrics (and, on several processes, the stop flag) of the last dispatched step, checked one step late.
+    pending: tuple[int, Any, Any] | None = None
+    agreed_stop: str | None = None  # on several processes: a signal one of them received
     checked_step = start_step
     last_scores: dict[str, float] = {}
     # Throughput counts only completed steps after the first (which includes compilation).
@@ -314,11 +425,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     def check_pending() -> None:
         """Waits for the pending step, stops on a non-finite loss, logs every N steps."""
-        nonlocal pending, checked_step, window_step, window_start, steady_step, steady_start
+        nonlocal pending, checked_step, window_step, window_start, steady_step, steady_start, agreed_stop
         if pending is None:
             return
-        pending_step, pending_metrics = pending
-        values = {name: float(value) for name, value in jax.device_get(pending_metrics).items()}
+        pending_step, pending_metrics, pending_flag = pending
+        fetched, flag = jax.device_get((pending_metrics, pending_flag))
+        values = {name: float(value) for name, value in fetched.items()}
+        if flag is not None and int(flag) and agreed_stop is None:
+            agreed_stop = signal.Signals(int(flag)).name
         _check_finite(pending_step, values)
         checked_step, pending = pending_step, None
         now = time.perf_counter()
@@ -330,37 +444,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             writer.log_train(pending_step, config.num_train_steps, values, throughput, _format_duration(eta))
             window_step, window_start = pending_step, now
 
+    def stopped_by() -> str | None:
+        # One process stops at once; several stop at the step where all learn of the signal.
+        return stop.received if any_flag is None else agreed_stop
+
     with _StopSignal() as stop:
         try:
-            while step < config.num_train_steps and stop.received is None:
-                local = next(batches)
-                state, metrics = train_step(state, global_batch(local["hr"], mesh))
-                check_pending()  # overlaps the host sync with the step just dispatched
-                step += 1
-                data_position = int(local["position"].max()) + 1
-                pending = (step, metrics)
-                if step % config.checkpoint_every_steps == 0 or step % config.eval_every_steps == 0:
-                    check_pending()  # never save or evaluate a state that has not been checked
-                    paused_from = time.perf_counter()
-                    if step % config.checkpoint_every_steps == 0:
-                        checkpointer.save(step, state, data_position)
-                    if step % config.eval_every_steps == 0:
-                        last_scores = run_validation(step, eval_params(state))
-                    # Throughput counts training only, not saving and validation.
-                    window_step, window_start = checked_step, time.perf_counter()
-                    paused_seconds += window_start - paused_from
-            check_pending()
-        finally:
-            # A crash (including a non-finite loss) keeps the last good checkpoint:
-            # only states whose metrics were checked are saved.
-            if step == checked_step and step > start_step and not checkpointer.has(step):
-                checkpointer.save(step, state, data_position)
-            checkpointer.close()
+            try:
+                while step < config.num_train_steps and stopped_by() is None:
+                    local = next(batches)
+                    state, metrics = train_step(state, global_batch(local["hr"], mesh))
+                    check_pending()  # overlaps the host sync with the step just dispatched
+                    step += 1
+                    data_position = int(local["position"].max()) + 1
+                    flag = None
+                    if any_flag is not None:
+                        flag = any_flag(signal.Signals[stop.received].value if stop.received else 0)
+                    pending = (step, metrics, flag)
+                    if step % config.checkpoint_every_steps == 0 or step % config.eval_every_steps == 0:
+                        check_pending()  # never save or evaluate a state that has not been checked
+                        paused_from = time.perf_counter()
+                        if step % config.checkpoint_every_steps == 0:
+                            save(step, state, data_position)
+                        if step % config.eval_every_steps == 0:
+                            last_scores = run_validation(step, eval_params(state))
+                        # Throughput counts training only, not saving and validation.
+                        window_step, window_start = checked_step, time.perf_counter()
+                        paused_seconds += window_start - paused_from
+                check_pending()
+            finally:
+                # A crash (including a non-finite loss) keeps the last good checkpoint:
+                # only states whose metrics were checked are saved.
+                try:
+                    if step == checked_step and step > start_step and not checkpointer.has(step):
+                        save(step, state, data_position)
+                finally:
+                    checkpointer.close()
+        except NonFiniteLossError as err:
+            latest = checkpointer.latest_step()
+            kept = (f"the last checkpoint, step {latest} in {checkpointer.directory}, is kept"
+                    if latest is not None else "no checkpoint was saved before it")
+            writer.close()
+            raise NonFiniteLossError(f"{err}; stopped without saving it: {kept}; lower learning_rate "
+                                     "or check the data") from None
 
-    if stop.received is not None:
-        writer.log_text(f"{stop.received}: saved step {step}; rerun the same command to resume")
+    if stopped_by() is not None:
+        writer.log_text(f"{stopped_by()}: saved step {step}; rerun the same command to resume")
         writer.close()
-        return {"step": step, "stopped_by": stop.received}
+        return {"step": step, "stopped_by": stopped_by()}
 
     train_seconds = time.perf_counter() - steady_start - paused_seconds if steady_start is not None else 0.0
     steady_images = (checked_step - steady_step) * config.batch_size if steady_step is not None else 0

@@ -244,3 +244,18 @@ def test_empty_folder_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and str(empty) in error_lines[0], result.stderr[-2000:]
+
+
+def test_parameter_ema_follows_its_update_rule():
+    config = tiny_config(ema_decay=0.75)
+    model = training.create_model(config)
+    optimizer = training.create_optimizer(config)
+    mesh = training.make_mesh()
+    initial = training.create_train_state(config, model, optimizer, jax.random.key(0))
+    initial_params = jax.device_get(initial.params)
+    step = training.make_train_step(config, model, optimizer, mesh)
+    hr = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    state, _ = step(training.replicate(initial, mesh), training.global_batch(hr, mesh))
+    expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, jax.device_get(state.params), initial_params)
+    chex.assert_trees_all_close(jax.device_get(state.ema_params), expected, atol=1e-7)
+    assert training.eval_params(state) is state.ema_params

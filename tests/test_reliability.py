@@ -1,0 +1,429 @@
+"""Crashes, preemption, numerics, full and unwritable disks: what a run leaves behind.
+
+* ``kill -9`` at several moments, one of them inside a checkpoint commit: the restarted run
+  resumes from the last complete checkpoint and ends with the parameters of an
+  uninterrupted run.
+* A finished checkpoint that cannot be read is skipped (and set aside); a leftover
+  temporary folder is removed.
+* A non-finite loss stops the run with one line naming the step and the terms; nothing
+  after the last good checkpoint is saved.
+* A full disk or an unwritable workdir: one line naming the folder, earlier checkpoints intact.
+
+The subprocess runs share a persistent JAX compilation cache, so only the first one pays
+for compiling.
+"""
+
+import contextlib
+import importlib.util
+import json
+import os
+import pathlib
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from drn_jax import checkpointing, cli, training
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The run every test here trains: configs/default.py made tiny. Values are what the
+# subprocess gets as --config.<key>=<value>, and what the in-process reference applies.
+TINY = {
+    "model.features": 8, "model.modules_per_block": 1, "data.hr_patch_size": 32,
+    "batch_size": 8, "learning_rate": 1e-3, "log_every_steps": 1, "checkpoint_every_steps": 3,
+    "eval_every_steps": 1000, "data.val_limit": 1, "data.shuffle_buffer": 16,
+}
+
+
+def default_config(**overrides):
+    """configs/default.py's config with `overrides` (dotted keys), as train.py builds it."""
+    spec = importlib.util.spec_from_file_location("drn_default_config", REPO / "configs" / "default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def config_flags(overrides) -> list[str]:
+    return [f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def write_images(folder: pathlib.Path, count: int = 6) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:40, 0:48]
+    for index in range(count):
+        base = np.stack([rows * 4 + index * 10, cols * 3 + 20, (rows + cols) * 2], axis=-1)
+        noise = rng.integers(0, 40, size=base.shape)
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> pathlib.Path:
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+def data_overrides(folder: pathlib.Path) -> dict:
+    return {"data.train": f"folder:{folder}", "data.val": f"folder:{folder}"}
+
+
+def subprocess_env(tmp_path_factory, devices: int = 8, **extra) -> dict:
+    """CPU with `devices` emulated devices and a compilation cache shared by the test session."""
+    cache = tmp_path_factory.getbasetemp() / "jax-compilation-cache"
+    cache.mkdir(exist_ok=True)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("DRN_DEBUG", None)
+    env.update(extra)
+    return env
+
+
+class Run:
+    """A train.py subprocess whose stdout and stderr lines are read as they come."""
+
+    def __init__(self, args, env, cwd=REPO):
+        self.process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(stream, store), daemon=True)
+                         for stream, store in ((self.process.stdout, self.stdout),
+                                               (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, store):
+        for line in stream:
+            store.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> str:
+        """The first line (either stream) matching `pattern`; fails if the run ends first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    break
+                continue
+            if re.search(pattern, line):
+                return line
+        self.process.kill()
+        self.finish()
+        raise AssertionError(f"no line matching {pattern!r}; rc={self.process.returncode}\n"
+                             f"{self.out[-3000:]}\n{self.err[-3000:]}")
+
+    def kill_9(self) -> None:
+        self.process.kill()  # SIGKILL: no handler, no cleanup
+        self.finish()
+
+    def finish(self, timeout: float = 300) -> int:
+        self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return self.process.returncode
+
+    @property
+    def out(self) -> str:
+        return "".join(self.stdout)
+
+    @property
+    def err(self) -> str:
+        return "".join(self.stderr)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def restored_params(workdir: pathlib.Path, step: int | None = None):
+    checkpoint = workdir / "checkpoints" / str(step) if step is not None else None
+    return checkpointing.load_for_inference(None if checkpoint else workdir, checkpoint)[2]["params"]
+
+
+def saved_steps(workdir: pathlib.Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def leftovers(workdir: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name)
+
+
+def all_finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(tree))
+
+
+# ---------------------------------------------------------------------------
+# kill -9 and unreadable checkpoints
+# ---------------------------------------------------------------------------
+
+KILL_RUN = {**TINY, "num_train_steps": 9}
+
+
+@pytest.fixture(scope="module")
+def reference_run(image_folder, tmp_path_factory):
+    """The uninterrupted 9-step run, in this process (8 devices, like the subprocesses)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    training.train_and_evaluate(default_config(**KILL_RUN, **data_overrides(image_folder)), workdir)
+    assert saved_steps(workdir) == [3, 6, 9]
+    return workdir
+
+
+@pytest.mark.slow
+def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_run, tmp_path,
+                                                      tmp_path_factory):
+    args = [f"--workdir={tmp_path}", *config_flags({**KILL_RUN, **data_overrides(image_folder)})]
+    # 1. Killed inside the commit of checkpoint 6: the test hook holds the commit (before
+    # orbax's rename) long enough to kill it there. Checkpoint 3 is complete by then: orbax
+    # starts a save only once the previous one has finished.
+    run = Run(args, subprocess_env(tmp_path_factory, **{checkpointing.TEST_COMMIT_DELAY_ENV: "6:60"}))
+    run.wait_for(r"test hook: committing checkpoint .*/checkpoints/6\.orbax-checkpoint-tmp")
+    run.kill_9()
+    assert saved_steps(tmp_path) == [3]
+    assert leftovers(tmp_path) == ["6.orbax-checkpoint-tmp"]  # the half-committed save
+
+    # 2. Restarted, killed again a few steps later (possibly while saving 6).
+    run = Run(args, subprocess_env(tmp_path_factory))
+    run.wait_for(r"^resumed from step 3 ")
+    run.wait_for(r"^step 7/9")
+    run.kill_9()
+    assert saved_steps(tmp_path) in ([3], [3, 6])
+    resume_from = saved_steps(tmp_path)[-1]
+
+    # 3. Restarted to the end: the parameters of the uninterrupted run.
+    run = Run(args, subprocess_env(tmp_path_factory))
+    assert run.finish() == 0, run.err[-3000:]
+    assert f"resumed from step {resume_from} " in run.out
+    assert saved_steps(tmp_path) == [3, 6, 9]
+    assert leftovers(tmp_path) == []
+    chex.assert_trees_all_close(restored_params(tmp_path), restored_params(reference_run), atol=1e-7, rtol=0)
+    # Every step was trained exactly once per run that got there: steps 1-9 are logged.
+    logged = {json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "train"}
+    assert logged == set(range(1, 10))
+
+
+def test_unreadable_checkpoint_and_leftover_tmp_are_skipped(image_folder, reference_run, tmp_path, caplog):
+    """Step 9's files truncated (as after a power loss) and a stale tmp folder: resume from 6."""
+    shutil.copytree(reference_run, tmp_path, dirs_exist_ok=True)
+    checkpoints = tmp_path / "checkpoints"
+    for path in (checkpoints / "9" / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    stale = checkpoints / "12.orbax-checkpoint-tmp"
+    (stale / "state").mkdir(parents=True)
+    (stale / "state" / "junk").write_bytes(b"\0" * 100)
+
+    config = default_config(**KILL_RUN, **data_overrides(image_folder))
+    with caplog.at_level("WARNING", logger="drn_jax.checkpointing"):
+        summary = training.train_and_evaluate(config, tmp_path)
+    assert summary["step"] == 9
+    assert any("checkpoint 9 cannot be read" in record.getMessage() for record in caplog.records)
+    assert (checkpoints / "9.unreadable").is_dir()  # kept for inspection, not deleted
+    assert not stale.exists()
+    assert saved_steps(tmp_path) == [3, 6, 9]
+    # Retrained from 6, the new step 9 equals the reference's.
+    chex.assert_trees_all_close(restored_params(tmp_path), restored_params(reference_run), atol=1e-7, rtol=0)
+
+
+# ---------------------------------------------------------------------------
+# Numerics
+# ---------------------------------------------------------------------------
+
+def test_non_finite_loss_stops_with_one_line_naming_step_and_terms(image_folder, tmp_path, capsys):
+    # The learning rate grows 10^4-fold every 2 steps: finite at first, then the loss blows up.
+    config = default_config(**{**TINY, "num_train_steps": 40, "checkpoint_every_steps": 2,
+                               "lr_decay_every": 2, "lr_decay_factor": 1e4, "keep_checkpoints": 100},
+                            **data_overrides(image_folder))
+    with pytest.raises(SystemExit) as exit_info, cli.user_errors():
+        training.train_and_evaluate(config, tmp_path)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    match = re.match(r"error: step (\d+): non-finite ([a-z_0-9, ]+) \(", lines[0])
+    assert match, lines[0]
+    bad_step, terms = int(match.group(1)), match.group(2).split(", ")
+    # Which term overflows first depends on float32 details; each named one is a real metric.
+    metric_names = {"total", "primal", "dual", "grad_norm", "learning_rate"} | {
+        f"{kind}_{i}" for kind in ("primal", "dual") for i in range(3)}
+    assert terms and set(terms) <= metric_names, terms
+    for term in terms:
+        assert re.search(rf"\b{term}=(nan|inf|-inf)\b", lines[0]), (term, lines[0])
+    steps = saved_steps(tmp_path)
+    assert steps and max(steps) < bad_step, (steps, bad_step)
+    assert f"the last checkpoint, step {max(steps)} in {tmp_path / 'checkpoints'}, is kept" in lines[0]
+    # Every saved state is finite, and the run would resume from the last one.
+    for step in steps:
+        assert all_finite(restored_params(tmp_path, step)), step
+    assert bad_step > 2  # the first steps trained
+
+
+def test_non_finite_state_is_never_saved(image_folder, tmp_path, monkeypatch):
+    """Parameters turned NaN by an update whose metrics were still finite: not saved either."""
+    import jax.numpy as jnp
+    import optax
+
+    original = training.create_optimizer
+
+    def poisoned_optimizer(config):
+        def update(updates, count, params=None):
+            poison = jnp.where(count == 3, jnp.nan, 1.0)  # the 4th update
+            return jax.tree.map(lambda u: u * poison, updates), count + 1
+        return optax.chain(original(config),
+                           optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update))
+
+    monkeypatch.setattr(training, "create_optimizer", poisoned_optimizer)
+    config = default_config(**{**TINY, "num_train_steps": 8, "checkpoint_every_steps": 2},
+                            **data_overrides(image_folder))
+    with pytest.raises(training.NonFiniteLossError, match=r"step 4: the parameters or the optimiser state "
+                       r"are not finite.*the last checkpoint, step 2 in"):
+        training.train_and_evaluate(config, tmp_path)
+    assert saved_steps(tmp_path) == [2]
+    assert all_finite(restored_params(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# Full and unwritable disks
+# ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tmpfs(path: pathlib.Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); "
+                    "test_save_error_is_one_line_and_keeps_checkpoints covers the error path")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(folder: pathlib.Path, leave: int) -> None:
+    """Fills the file system holding `folder`, then frees `leave` bytes."""
+    filler = folder / f"filler{len(list(folder.glob('filler*')))}"
+    chunk = os.urandom(1 << 16)
+    with open(filler, "wb") as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(chunk)
+                handle.flush()
+    size = filler.stat().st_size
+    with open(filler, "r+b") as handle:
+        handle.truncate(max(0, size - leave))
+
+
+def test_full_disk_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, tmp_path_factory, capsys):
+    """A real full file system (a tmpfs): the save of step 6 fails, checkpoint 3 survives."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        workdir = disk / "run"
+        run_config = {**TINY, **data_overrides(image_folder)}
+        training.train_and_evaluate(default_config(**run_config, num_train_steps=3), workdir)
+        before = restored_params(workdir)
+        checkpoint_bytes = sum(p.stat().st_size for p in (workdir / "checkpoints" / "3").rglob("*")
+                               if p.is_file())
+        fill(disk, leave=checkpoint_bytes // 3)  # room for logs, not for a checkpoint
+        run = Run([f"--workdir={workdir}", *config_flags({**run_config, "num_train_steps": 6})],
+                  subprocess_env(tmp_path_factory))
+        assert run.finish() == 2, run.err[-3000:]
+        lines = error_lines(run.err)
+        assert len(lines) == 1 and "Traceback" not in run.err, run.err[-3000:]
+        assert str(workdir / "checkpoints") in lines[0] and "No space left on device" in lines[0], lines[0]
+        assert "checkpoint 3 is kept" in lines[0]
+        # Not even room for a log line: still one line naming the workdir.
+        fill(disk, leave=0)
+        with pytest.raises(SystemExit) as exit_info, cli.user_errors():
+            training.train_and_evaluate(default_config(**run_config, num_train_steps=6), workdir)
+        assert exit_info.value.code == 2
+        lines = error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and str(workdir) in lines[0] and "No space left on device" in lines[0], lines
+        for filler in disk.glob("filler*"):
+            filler.unlink()
+        assert saved_steps(workdir) == [3]
+        chex.assert_trees_all_close(restored_params(workdir), before, atol=0, rtol=0)
+        # With space again, the same command resumes from 3 and removes the partial save.
+        summary = training.train_and_evaluate(default_config(**run_config, num_train_steps=6), workdir)
+        assert summary["step"] == 6 and saved_steps(workdir) == [3, 6] and leftovers(workdir) == []
+
+
+def test_read_only_workdir_is_one_line_before_compiling(image_folder, tmp_path, monkeypatch, capsys):
+    """A workdir on a read-only file system (root ignores chmod, not a read-only mount)."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        workdir = disk / "run"
+        run_config = {**TINY, **data_overrides(image_folder)}
+        training.train_and_evaluate(default_config(**run_config, num_train_steps=3), workdir)
+        before = restored_params(workdir)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+        def must_not_compile(*args, **kwargs):
+            raise AssertionError("compiled before reporting the read-only workdir")
+        monkeypatch.setattr(training, "make_train_step", must_not_compile)
+        with pytest.raises(SystemExit) as exit_info, cli.user_errors():
+            training.train_and_evaluate(default_config(**run_config, num_train_steps=6), workdir)
+        assert exit_info.value.code == 2
+        lines = error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and str(workdir) in lines[0] and "Read-only file system" in lines[0], lines
+        assert saved_steps(workdir) == [3]
+        chex.assert_trees_all_close(restored_params(workdir), before, atol=0, rtol=0)
+
+
+def test_workdir_under_a_file_is_one_line_before_compiling(image_folder, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the workdir's parent should be")
+
+    def must_not_compile(*args, **kwargs):
+        raise AssertionError("compiled before reporting the unwritable workdir")
+    monkeypatch.setattr(training, "make_train_step", must_not_compile)
+    with pytest.raises(SystemExit) as exit_info, cli.user_errors():
+        training.train_and_evaluate(default_config(**TINY, **data_overrides(image_folder)), blocker / "run")
+    assert exit_info.value.code == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(blocker / "run") in lines[0] and "writable --workdir" in lines[0], lines
+
+
+def test_save_error_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, monkeypatch, capsys):
+    """ENOSPC raised by the write itself (for machines where the tmpfs test cannot mount)."""
+    import errno
+
+    run_config = {**TINY, **data_overrides(image_folder)}
+    training.train_and_evaluate(default_config(**run_config, num_train_steps=3), tmp_path)
+    before = restored_params(tmp_path)
+    original = checkpointing.ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 6:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, step, *args, **kwargs)
+    monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(SystemExit) as exit_info, cli.user_errors():
+        training.train_and_evaluate(default_config(**run_config, num_train_steps=6), tmp_path)
+    assert exit_info.value.code == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1, lines
+    assert lines[0] == (f"error: {tmp_path / 'checkpoints'}: cannot write checkpoint 6 (No space left on "
+                        "device); checkpoint 3 is kept; free some space or choose a writable --workdir")
+    assert saved_steps(tmp_path) == [3]
+    chex.assert_trees_all_close(restored_params(tmp_path), before, atol=0, rtol=0)
