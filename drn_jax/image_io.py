@@ -56,10 +56,14 @@ def list_images(folder: PathLike) -> list[pathlib.Path]:
     root = pathlib.Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; check the path")
-    return sorted(
-        path for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    )
+    files = [path for path in root.rglob("*") if path.is_file()]
+    images = sorted(path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS)
+    others = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
+    if others:
+        # One line, not one per file: a README or a .DS_Store is normal in a data folder.
+        logger.warning("%s: ignored %d non-image file%s (e.g. %s); images are %s", root, len(others),
+                       "" if len(others) == 1 else "s", others[0].name, ", ".join(IMAGE_EXTENSIONS))
+    return images
 
 
 def expand_inputs(inputs: Iterable[PathLike]) -> list[pathlib.Path]:
