@@ -1,0 +1,610 @@
+#!/usr/bin/env python3
+"""drn-jax performance suite: one JSON line per measurement on stdout, a Markdown table on stderr.
+
+    python benchmarks/bench.py                               # everything
+    python benchmarks/bench.py --only train_x4,infer_x4      # a subset
+    python benchmarks/bench.py --compare-torch .venv-torch/bin/python   # + the PyTorch peer, A/B
+    python benchmarks/bench.py --quick                       # smoke run (few steps, small sizes)
+
+Benchmarks (``--only`` names):
+
+* ``train_x4``, ``train_x8``, ``train_tiny``: the full jitted training step of
+  :func:`drn_jax.training.make_train_step` (GS loss, dual, on-device LR pyramid, Adam) on a uint8
+  HR batch. x4/x8 are the paper's model (F 64, R 7) at HR patch 96, batch 16 (the PyTorch peer's
+  sizes); tiny is ``configs/default.py`` as is. Compile time separately; median step time after
+  warm-up.
+* ``breakdown_x4``: where the x4 step's time goes: pyramid, forward, objective (GS loss, all
+  levels), forward+backward, optimizer update, measured as separate jitted functions.
+* ``infer_x4``: ``model.apply(v, lr, method="upscale")`` jitted, one LR image of 128² and 256².
+* ``gs_loss``: GS loss value+gradient vs L1 on a (16, 192, 192, 3) batch, the DRN objective's
+  value+gradient at the x4 step's sizes, and its share of the x4 step.
+* ``pipeline``: HR crops/s of ``folder:../shared/data/train`` (patch 96) with 1 and 2 threads,
+  against the images/s the x4 step consumes.
+* ``eval_set14``: wall time and compilations of a pass over Set14 at x4 (random F 64 R 7 model).
+
+Every benchmark runs in a subprocess of its own; ``peak_rss_mb`` is that process's peak resident
+memory. With ``--compare-torch PYTHON`` the training and inference benchmarks alternate JAX and
+PyTorch runs (``PYTHON ../shared/peers/torch_drn.py bench ...``, 2 threads, channels-last for
+inference) ``--repeats`` times and report ``torch_s / jax_s`` (> 1: JAX is faster). Load from
+other processes slows both sides alike only when they alternate, so compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TORCH_PEER = SHARED / "peers" / "torch_drn.py"
+TRAIN_DATA = SHARED / "data" / "train"
+SET14 = SHARED / "data" / "benchmark"
+
+BENCHMARKS = ("train_x4", "train_x8", "train_tiny", "breakdown_x4", "infer_x4", "gs_loss",
+              "pipeline", "eval_set14")
+TORCH_COMPARABLE = ("train_x4", "train_x8", "infer_x4")
+
+# glibc malloc settings that keep freed memory in the process: XLA allocates each step's
+# temporaries (hundreds of MB) afresh, which glibc otherwise maps and unmaps every step, so the
+# kernel zeroes and faults them in again (~0.3 s of system time per x4 step). One arena, no
+# mmap and no trimming keep them in the heap. ``--malloc default`` measures without.
+TUNED_MALLOC = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: runs inside a fresh subprocess, prints one JSON object on its last stdout line.
+# ---------------------------------------------------------------------------------------------
+
+def _timeit(fn, *, warmup: int, steps: int) -> list[float]:
+    """Wall seconds of ``fn()`` (which must block until its result is ready) after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "steps": len(times)}
+
+
+def _train_config(name: str, quick: bool):
+    from drn_jax import config as config_lib
+
+    if name == "tiny":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    else:
+        config = config_lib.base_config()
+        config.scale = {"x4": 4, "x8": 8}[name]
+        config.data.hr_patch_size = 96  # the PyTorch peer's size, not the paper's 192/384
+        config.batch_size = 16
+    if quick and name != "tiny":
+        config.model.modules_per_block = 2
+        config.batch_size = 4
+    return config
+
+
+def _make_step(config):
+    """(compiled step, state, batch, compile seconds) for `config` on this process's devices."""
+    import jax
+    import numpy as np
+
+    from drn_jax import training
+
+    model = training.create_model(config)
+    optimizer = training.create_optimizer(config)
+    mesh = training.make_mesh()
+    state = training.replicate(
+        training.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
+    step = training.make_train_step(config, model, optimizer, mesh)
+    patch = config.data.hr_patch_size
+    hr = np.random.default_rng(0).integers(0, 256, (config.batch_size, patch, patch, 3), dtype=np.uint8)
+    batch = training.global_batch(hr, mesh)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    return compiled, state, batch, compile_s
+
+
+def _time_step(compiled, state, batch, *, warmup: int, steps: int) -> tuple[list[float], float]:
+    import jax
+
+    box = {"state": state}
+
+    def run():
+        box["state"], metrics = compiled(box["state"], batch)
+        jax.block_until_ready(metrics)
+        box["loss"] = metrics["total"]
+
+    times = _timeit(run, warmup=warmup, steps=steps)
+    return times, float(box["loss"])
+
+
+def work_train(args) -> dict:
+    import jax
+
+    from drn_jax import models
+
+    config = _train_config(args.variant, args.quick)
+    compiled, state, batch, compile_s = _make_step(config)
+    times, loss = _time_step(compiled, state, batch, warmup=args.warmup, steps=args.steps)
+    summary = _summary(times)
+    return {
+        "config": args.variant, "scale": config.scale, "features": config.model.features,
+        "modules_per_block": config.model.modules_per_block, "batch": config.batch_size,
+        "hr_patch": config.data.hr_patch_size, "loss": config.loss.name, "dtype": config.model.dtype,
+        "devices": jax.device_count(),
+        "params": models.count_params(state.params), "compile_s": compile_s, **summary,
+        "images_per_s": config.batch_size / summary["median_s"], "final_loss": loss,
+    }
+
+
+def work_breakdown(args) -> dict:
+    """Separately jitted parts of the x4 step (their sum exceeds the fused step a little)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from drn_jax import losses, training
+
+    config = _train_config("x4", args.quick)
+    model = training.create_model(config)
+    optimizer = training.create_optimizer(config)
+    state = training.create_train_state(config, model, optimizer, jax.random.key(0))
+    params = state.params
+    patch, scale = config.data.hr_patch_size, config.scale
+    hr = jnp.asarray(np.random.default_rng(0).integers(0, 256, (config.batch_size, patch, patch, 3),
+                                                       dtype=np.uint8))
+    loss_fn = training.make_loss_fn(config, model)
+
+    def pyramid(hr_u8):
+        return training.lr_pyramid(hr_u8.astype(jnp.float32) / 255.0, scale)
+
+    lr, targets = jax.jit(pyramid)(hr)
+    outputs = jax.jit(model.apply)({"params": params}, lr)
+    primal_targets, dual_targets = training._level_targets(config, lr, targets, outputs.primal)
+
+    def objective(primal, dual):
+        return losses.drn_objective(primal, primal_targets, dual, dual_targets, loss=config.loss.name,
+                                    lam=config.loss.lam, dual_weight=config.loss.dual_weight)[0]
+
+    def forward_backward(p, hr_u8):
+        return jax.value_and_grad(lambda q: loss_fn(q, hr_u8)[0])(p)
+
+    grads = jax.jit(jax.grad(lambda q: loss_fn(q, hr)[0]))(params)
+
+    def update(g, opt_state, p):
+        updates, opt_state = optimizer.update(g, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state
+
+    parts = {
+        "pyramid": (jax.jit(pyramid), (hr,)),
+        "forward": (jax.jit(lambda p, x: model.apply({"params": p}, x)), (params, lr)),
+        "objective_value_and_grad": (jax.jit(jax.value_and_grad(objective, argnums=(0, 1))),
+                                     (outputs.primal, outputs.dual)),
+        "forward_backward": (jax.jit(forward_backward), (params, hr)),
+        "optimizer_update": (jax.jit(update), (grads, state.opt_state, params)),
+    }
+    result = {"batch": config.batch_size, "hr_patch": patch}
+    for name, (fn, fn_args) in parts.items():
+        times = _timeit(lambda: jax.block_until_ready(fn(*fn_args)), warmup=args.warmup,
+                        steps=args.steps)
+        result[f"{name}_s"] = statistics.median(times)
+    compiled, st, batch, _ = _make_step(config)
+    times, _ = _time_step(compiled, st, batch, warmup=args.warmup, steps=args.steps)
+    result["full_step_s"] = statistics.median(times)
+    result["backward_only_s_approx"] = result["forward_backward_s"] - result["forward_s"]
+    return result
+
+
+def work_infer(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from drn_jax import models
+
+    model = models.DRN(4) if not args.quick else models.DRN(4, modules_per_block=2)
+    size = args.lr_size
+    lr = jax.random.uniform(jax.random.key(1), (1, size, size, 3), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), lr)
+    upscale = jax.jit(lambda v, x: model.apply(v, x, method="upscale"))
+    start = time.perf_counter()
+    compiled = upscale.lower(variables, lr).compile()
+    compile_s = time.perf_counter() - start
+    times = _timeit(lambda: jax.block_until_ready(compiled(variables, lr)), warmup=args.warmup,
+                    steps=args.steps)
+    return {"scale": 4, "lr_size": size, "features": model.features,
+            "modules_per_block": model.modules_per_block, "compile_s": compile_s, **_summary(times)}
+
+
+def work_gs_loss(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from drn_jax import losses, training
+
+    shape = (16, 192, 192, 3) if not args.quick else (4, 96, 96, 3)
+    pred = jax.random.uniform(jax.random.key(0), shape)
+    target = jax.random.uniform(jax.random.key(1), shape)
+    result = {"shape": list(shape)}
+    for name in ("gs", "l1"):
+        fn = jax.jit(jax.value_and_grad(losses.get_loss(name)))
+        times = _timeit(lambda: jax.block_until_ready(fn(pred, target)), warmup=args.warmup,
+                        steps=args.steps)
+        result[f"{name}_value_and_grad_s"] = statistics.median(times)
+    result["gs_over_l1"] = result["gs_value_and_grad_s"] / result["l1_value_and_grad_s"]
+
+    # The objective of the x4 step (4 GS terms: 2 primal + 2 dual levels) vs the step itself,
+    # and the step with the L1 loss instead: the difference is what GS costs inside the step.
+    config = _train_config("x4", args.quick)
+    model = training.create_model(config)
+    b, p, s = config.batch_size, config.data.hr_patch_size, config.scale
+    levels = [(b, p * 2 ** i // s, p * 2 ** i // s, 3) for i in range(1, 3)]  # primal: 48, 96
+    duals = [(b, p // s, p // s, 3), levels[0]]  # dual: 24, 48
+    keys = iter(jax.random.split(jax.random.key(2), 8))
+    primal = [jax.random.uniform(next(keys), q) for q in levels]
+    dual = [jax.random.uniform(next(keys), q) for q in duals]
+    primal_t = [jax.random.uniform(next(keys), q) for q in levels]
+    dual_t = [jax.random.uniform(next(keys), q) for q in duals]
+
+    def objective(pr, du):
+        return losses.drn_objective(pr, primal_t, du, dual_t, loss="gs")[0]
+
+    fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
+    times = _timeit(lambda: jax.block_until_ready(fn(primal, dual)), warmup=args.warmup,
+                    steps=args.steps)
+    result["x4_objective_value_and_grad_s"] = statistics.median(times)
+    del model
+    steps = {}
+    for loss in ("gs", "l1"):
+        config.loss.name = loss
+        steps[loss] = _make_step(config)[:3]
+    # Alternate the two steps so that load from other processes hits both alike; min of each.
+    times = {loss: [] for loss in steps}
+    states = {loss: state for loss, (_, state, _) in steps.items()}  # donated: keep the newest
+    for round_ in range(max(1, args.steps // 2) + 1):
+        for loss, (compiled, _, batch) in steps.items():
+            for _ in range(2):
+                start = time.perf_counter()
+                states[loss], metrics = compiled(states[loss], batch)
+                jax.block_until_ready(metrics)
+                if round_:  # the first round warms up
+                    times[loss].append(time.perf_counter() - start)
+    for loss in steps:
+        result[f"x4_step_{loss}_s"] = statistics.median(times[loss])
+        result[f"x4_step_{loss}_min_s"] = min(times[loss])
+    step = result["x4_step_gs_min_s"]
+    result["objective_share_of_step"] = result["x4_objective_value_and_grad_s"] / step
+    result["gs_minus_l1_share_of_step"] = (step - result["x4_step_l1_min_s"]) / step
+    return result
+
+
+def work_pipeline(args) -> dict:
+    from drn_jax import input_pipeline
+
+    source = f"folder:{args.data}"
+    result = {"source": source, "patch": 96, "batch": 16}
+    for threads in (1, 2):
+        result[f"crops_per_s_{threads}_thread{'s' if threads > 1 else ''}"] = (
+            input_pipeline.measure_throughput(source, 96, 16, args.seconds, threads))
+    return result
+
+
+def work_eval_set14(args) -> dict:
+    import jax
+
+    from drn_jax import evaluation, inference, models
+    from jax._src import dispatch, monitoring
+
+    compiles = []
+    monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: compiles.append(secs) if event == dispatch.BACKEND_COMPILE_EVENT else None)
+    model = models.DRN(4) if not args.quick else models.DRN(4, modules_per_block=2)
+    import jax.numpy as jnp
+
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    dataset = evaluation.open_dataset("Set14", args.data)
+    runner = inference.ModelRunner(model)
+    upscaler = inference.make_upscaler(runner, variables=variables)
+    before = len(compiles)
+    start = time.perf_counter()
+    results = evaluation.evaluate({"DRN": upscaler}, [dataset], 4, progress=False)
+    wall = time.perf_counter() - start
+    return {"images": len(dataset), "wall_s": wall, "network_seconds": results.seconds("DRN"),
+            "network_compilations": upscaler.compilations, "jit_cache_size": runner.cache_size(),
+            "xla_compilations_total": len(compiles) - before,
+            "xla_compile_seconds_total": sum(compiles[before:]),
+            "psnr_random_init": results.summary("DRN")["Set14"]["psnr"]}
+
+
+WORKERS = {"train": work_train, "breakdown": work_breakdown, "infer": work_infer,
+           "gs_loss": work_gs_loss, "pipeline": work_pipeline, "eval_set14": work_eval_set14}
+
+
+def worker_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=sorted(WORKERS))
+    parser.add_argument("--variant", default="x4")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--lr-size", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO))
+    result = WORKERS[args.kind](args)
+    import resource
+
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------
+
+def run_process(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> tuple[dict, float]:
+    """Runs `cmd`, returns (its last stdout line as JSON, peak RSS in MiB from wait4)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env=env, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"timed out: {' '.join(cmd)}")
+    lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    result = json.loads(lines[-1])
+    return result, result.get("peak_rss_mb", float("nan"))
+
+
+def child_env(malloc: str) -> dict:
+    env = dict(os.environ)
+    if malloc == "tuned":
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), TUNED_MALLOC]))
+    return env
+
+
+def jax_cmd(kind: str, *extra: str) -> list[str]:
+    return [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", kind, *extra]
+
+
+def torch_cmd(python: str, mode: str, opts) -> list[str]:
+    return [python, str(TORCH_PEER), "bench", "--mode", mode, *opts, "--threads", "2"]
+
+
+def _peak_rss_of(cmd: list[str], env=None) -> tuple[dict, float]:
+    """Like run_process for programs that do not report their own RSS (the PyTorch peer)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+                            text=True)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    return json.loads(lines[-1]), usage.ru_maxrss / 1024
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        info["loadavg_1min"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    for name in ("XLA_FLAGS", "GLIBC_TUNABLES"):
+        if os.environ.get(name):
+            info[name] = os.environ[name]
+    return info
+
+
+def emit(record: dict, records: list) -> None:
+    records.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def _median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def run_suite(args) -> list[dict]:
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    quick = ["--quick"] if args.quick else []
+    steps = args.steps or (3 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 3)
+    common = ["--steps", str(steps), "--warmup", str(args.warmup), *quick]
+    records: list[dict] = []
+    emit({"bench": "machine", **machine(), "malloc": args.malloc, "torch_malloc": args.torch_malloc}, records)
+    results: dict[str, dict] = {}
+
+    def torch_train_opts(scale):
+        feats, blocks, batch = ("64", "2", "4") if args.quick else ("64", "7", "16")
+        return ["--scale", str(scale), "--feats", feats, "--blocks", blocks, "--batch", batch,
+                "--patch", "96", "--steps", str(steps), "--warmup", str(args.warmup)]
+
+    def torch_infer_opts(size):
+        blocks = "2" if args.quick else "7"
+        return ["--scale", "4", "--feats", "64", "--blocks", blocks, "--lr-size", str(size),
+                "--steps", str(steps), "--warmup", str(args.warmup), "--channels-last"]
+
+    jax_env, torch_env = child_env(args.malloc), child_env(args.torch_malloc)
+
+    def alternate(name, jax_c, torch_c, torch_key="median_s"):
+        """JAX, torch, JAX, torch, ...; per-pair ratios and the ratio of medians."""
+        jax_runs, torch_runs, loads = [], [], []
+        for _ in range(repeats):
+            loads.append(os.getloadavg()[0])
+            jax_runs.append(run_process(jax_c, env=jax_env, timeout=args.timeout))
+            if torch_c is not None:
+                loads.append(os.getloadavg()[0])
+                torch_runs.append(_peak_rss_of(torch_c, env=torch_env))
+        j = [r["median_s"] for r, _ in jax_runs]
+        middle = sorted(range(len(j)), key=lambda i: j[i])[(len(j) - 1) // 2]
+        record = dict(jax_runs[middle][0])  # the run with the median time, for its other fields
+        record.update({"bench": name, "median_s": _median(j), "runs_s": j, "malloc": args.malloc,
+                       "peak_rss_mb": max(rss for _, rss in jax_runs), "loadavg_before_runs": loads})
+        if torch_runs:
+            t = [r[torch_key] for r, _ in torch_runs]
+            record.update({"torch_median_s": _median(t), "torch_runs_s": t, "torch_malloc": args.torch_malloc,
+                           "torch_peak_rss_mb": max(rss for _, rss in torch_runs),
+                           "torch_over_jax": _median(t) / _median(j),
+                           "pair_ratios": [tt / jj for tt, jj in zip(t, j)]})
+        return record
+
+    for name in names:
+        try:
+            if name.startswith("train_"):
+                variant = name.split("_", 1)[1]
+                cmd = jax_cmd("train", "--variant", variant, *common)
+                tcmd = None
+                if args.compare_torch and variant in ("x4", "x8"):
+                    tcmd = torch_cmd(args.compare_torch, "train", torch_train_opts(4 if variant == "x4" else 8))
+                record = alternate(name, cmd, tcmd)
+                record["images_per_s"] = record["batch"] / record["median_s"]
+                if "torch_median_s" in record:
+                    record["torch_images_per_s"] = record["batch"] / record["torch_median_s"]
+                emit(record, records)
+            elif name == "infer_x4":
+                for size in ((64, 128) if args.quick else (128, 256)):
+                    cmd = jax_cmd("infer", "--lr-size", str(size), *common)
+                    tcmd = torch_cmd(args.compare_torch, "infer", torch_infer_opts(size)) if args.compare_torch else None
+                    emit(alternate(f"infer_x4_{size}", cmd, tcmd), records)
+            elif name == "breakdown_x4":
+                record, _ = run_process(jax_cmd("breakdown", *common), env=jax_env, timeout=args.timeout)
+                emit({"bench": name, **record}, records)
+            elif name == "gs_loss":
+                record, _ = run_process(jax_cmd("gs_loss", *common), env=jax_env, timeout=args.timeout)
+                emit({"bench": name, **record}, records)
+            elif name == "pipeline":
+                if not TRAIN_DATA.is_dir():
+                    emit({"bench": name, "skipped": f"{TRAIN_DATA} not found"}, records)
+                    continue
+                seconds = "3" if args.quick else str(args.pipeline_seconds)
+                record, _ = run_process(jax_cmd("pipeline", "--data", str(TRAIN_DATA), "--seconds", seconds),
+                                        env=jax_env, timeout=args.timeout)
+                step = next((r for r in records if r.get("bench") == "train_x4"), None)
+                if step is None:  # the rate the x4 step consumes, measured here if not run above
+                    step, _ = run_process(jax_cmd("train", "--variant", "x4", *common), env=jax_env,
+                                          timeout=args.timeout)
+                    step["images_per_s"] = step["batch"] / step["median_s"]
+                record["x4_step_images_per_s"] = step["images_per_s"]
+                record["one_thread_over_step"] = record["crops_per_s_1_thread"] / step["images_per_s"]
+                emit({"bench": name, **record}, records)
+            elif name == "eval_set14":
+                if not (SET14 / "Set14" / "HR").is_dir():
+                    emit({"bench": name, "skipped": f"{SET14}/Set14/HR not found"}, records)
+                    continue
+                record, _ = run_process(jax_cmd("eval_set14", "--data", str(SET14), *quick), env=jax_env,
+                                        timeout=args.timeout)
+                emit({"bench": name, **record}, records)
+        except RuntimeError as err:
+            emit({"bench": name, "error": str(err)[-2000:]}, records)
+    emit({"bench": "machine_after", "loadavg_1min": os.getloadavg()[0]}, records)
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    """The table docs/performance.md shows."""
+    rows = ["| benchmark | JAX | PyTorch peer | torch/JAX (>1: JAX faster) | JAX peak RSS |",
+            "|---|---|---|---|---|"]
+
+    def fmt_s(x):
+        return f"{x:.3f} s" if x == x else "-"
+
+    for r in records:
+        b = r.get("bench")
+        if b in ("machine", "machine_after") or "error" in r or "skipped" in r:
+            continue
+        rss = f"{r.get('peak_rss_mb', float('nan')):.0f} MiB"
+        if b.startswith("train_"):
+            jax_s = f"{fmt_s(r['median_s'])}/step, {r['images_per_s']:.1f} img/s (compile {r['compile_s']:.1f} s)"
+            torch_s = (f"{fmt_s(r['torch_median_s'])}/step, {r['torch_images_per_s']:.1f} img/s"
+                       if "torch_median_s" in r else "-")
+            ratio = f"{r['torch_over_jax']:.2f}x" if "torch_over_jax" in r else "-"
+            rows.append(f"| {b} (batch {r['batch']}, HR {r['hr_patch']}) | {jax_s} | {torch_s} | {ratio} | {rss} |")
+        elif b.startswith("infer_x4"):
+            torch_s = fmt_s(r["torch_median_s"]) if "torch_median_s" in r else "-"
+            ratio = f"{r['torch_over_jax']:.2f}x" if "torch_over_jax" in r else "-"
+            rows.append(f"| {b} (LR {r['lr_size']}², batch 1) | {fmt_s(r['median_s'])} | {torch_s} | {ratio} | {rss} |")
+        elif b == "breakdown_x4":
+            parts = ", ".join(f"{k[:-2]} {v:.3f}" for k, v in r.items() if k.endswith("_s"))
+            rows.append(f"| breakdown_x4 (s) | {parts} | - | - | {rss} |")
+        elif b == "gs_loss":
+            rows.append(f"| gs_loss {tuple(r['shape'])} value+grad | GS {fmt_s(r['gs_value_and_grad_s'])}, "
+                        f"L1 {fmt_s(r['l1_value_and_grad_s'])}; x4 objective {fmt_s(r['x4_objective_value_and_grad_s'])} = "
+                        f"{100 * r['objective_share_of_step']:.1f}% of the step; step GS-L1 = "
+                        f"{100 * r['gs_minus_l1_share_of_step']:.1f}% | - | - | {rss} |")
+        elif b == "pipeline":
+            rows.append(f"| pipeline crops/s (patch 96) | 1 thread {r['crops_per_s_1_thread']:.0f}, 2 threads "
+                        f"{r['crops_per_s_2_threads']:.0f}; x4 step eats {r['x4_step_images_per_s']:.1f} img/s "
+                        f"({r['one_thread_over_step']:.0f}x) | - | - | {rss} |")
+        elif b == "eval_set14":
+            rows.append(f"| eval_set14 x4 ({r['images']} images) | {r['wall_s']:.1f} s, network compilations "
+                        f"{r['network_compilations']}, XLA compilations in the pass {r['xla_compilations_total']} "
+                        f"| - | - | {rss} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small models, few steps")
+    parser.add_argument("--compare-torch", metavar="PYTHON", default=None,
+                        help="python of a venv with torch: alternate with the PyTorch peer")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per run (default 10; quick 3)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="alternating runs per compared benchmark (default 3; quick 1)")
+    parser.add_argument("--pipeline-seconds", type=float, default=10.0)
+    parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
+                        help="glibc malloc settings for the JAX processes (see TUNED_MALLOC)")
+    parser.add_argument("--torch-malloc", choices=("default", "tuned"), default="default",
+                        help="the same for the PyTorch peer")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per subprocess, seconds")
+    parser.add_argument("--markdown", metavar="PATH", default=None, help="also write the table here")
+    args = parser.parse_args()
+    if args.compare_torch and not TORCH_PEER.is_file():
+        sys.exit(f"--compare-torch: {TORCH_PEER} not found")
+    records = run_suite(args)
+    table = markdown(records)
+    print(table, file=sys.stderr)
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
