@@ -48,7 +48,7 @@ TRAIN_DATA = SHARED / "data" / "train"
 SET14 = SHARED / "data" / "benchmark"
 
 BENCHMARKS = ("train_x4", "train_x8", "train_tiny", "breakdown_x4", "infer_x4", "gs_loss",
-              "pipeline", "eval_set14")
+              "pipeline", "eval_set14", "variants_x4")
 TORCH_COMPARABLE = ("train_x4", "train_x8", "infer_x4")
 
 # glibc malloc settings that keep freed memory in the process: XLA allocates each step's
@@ -333,13 +333,102 @@ def work_eval_set14(args) -> dict:
             "psnr_random_init": results.summary("DRN")["Set14"]["psnr"]}
 
 
+# ---------------------------------------------------------------------------------------------
+# Lockstep servers: one process per framework, each idle while the other runs one step, so that
+# load from other processes falls on both alike (a comparison that survives a shared machine).
+# Protocol: the server prints "ready" once warm, then answers each "step" line with the seconds
+# that step took, and exits on "quit".
+# ---------------------------------------------------------------------------------------------
+
+def _serve(step_fn) -> None:
+    import resource
+
+    step_fn()  # warm-up
+    step_fn()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start = time.perf_counter()
+        step_fn()
+        print(f"{time.perf_counter() - start:.6f}", flush=True)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+
+
+def serve_jax(args) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from drn_jax import models
+
+    if args.mode == "train":
+        config = _train_config(args.variant, args.quick)
+        config.model.dtype = args.dtype
+        config.model.remat = args.remat
+        compiled, state, batch, _ = _make_step(config)
+        box = {"state": state}
+
+        def step_fn():
+            box["state"], metrics = compiled(box["state"], batch)
+            jax.block_until_ready(metrics)
+    else:
+        model = models.DRN(4, modules_per_block=2 if args.quick else 7, dtype=jnp.dtype(args.dtype))
+        lr = jax.random.uniform(jax.random.key(1), (1, args.lr_size, args.lr_size, 3), jnp.float32)
+        variables = jax.jit(model.init)(jax.random.key(0), lr)
+        upscale = jax.jit(lambda v, x: model.apply(v, x, method="upscale")).lower(variables, lr).compile()
+
+        def step_fn():
+            jax.block_until_ready(upscale(variables, lr))
+    _serve(step_fn)
+
+
+def serve_torch(args) -> None:
+    """The PyTorch peer's own model, loss, pyramid and step (imported from torch_drn.py)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("torch_drn", TORCH_PEER)
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    blocks = 2 if args.quick else 7
+    if args.mode == "train":
+        scale = {"x4": 4, "x8": 8}[args.variant]
+        batch = 4 if args.quick else 16
+        model = peer.DRN(scale, 64, blocks)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        hr = torch.rand(batch, 3, 96, 96)
+
+        def step_fn():  # cmd_bench's step
+            lr, levels = peer.make_pyramid(hr, scale)
+            opt.zero_grad(set_to_none=True)
+            loss = peer.drn_loss(model, lr, levels, 2.0, "pred")
+            loss.backward()
+            opt.step()
+    else:
+        model = peer.DRN(4, 64, blocks).to(memory_format=torch.channels_last)
+        model.eval()
+        x = torch.rand(1, 3, args.lr_size, args.lr_size).contiguous(memory_format=torch.channels_last)
+
+        def step_fn():
+            with torch.inference_mode():
+                model(x)[-1]
+    _serve(step_fn)
+
+
 WORKERS = {"train": work_train, "breakdown": work_breakdown, "infer": work_infer,
            "gs_loss": work_gs_loss, "pipeline": work_pipeline, "eval_set14": work_eval_set14}
 
 
 def worker_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=sorted(WORKERS))
+    parser.add_argument("kind", choices=sorted(WORKERS) + ["serve_jax", "serve_torch"])
+    parser.add_argument("--mode", default="train")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--remat", action="store_true")
     parser.add_argument("--variant", default="x4")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -350,6 +439,9 @@ def worker_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
+    if args.kind in ("serve_jax", "serve_torch"):
+        (serve_jax if args.kind == "serve_jax" else serve_torch)(args)
+        return
     result = WORKERS[args.kind](args)
     import resource
 
@@ -406,6 +498,130 @@ def _peak_rss_of(cmd: list[str], env=None) -> tuple[dict, float]:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
     return json.loads(lines[-1]), usage.ru_maxrss / 1024
+
+
+class Server:
+    """A warm benchmark server (see `_serve`): one step per `step()` call, its seconds back."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict):
+        self.name = name
+        self.peak_rss_mb = float("nan")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        while True:  # compiles and warms up before anything else starts
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"lockstep: the {name} server exited before it was ready: {' '.join(cmd)}")
+            if line.strip() == "ready":
+                return
+
+    def step(self) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            for line in self.proc.stdout:
+                if line.startswith("{"):
+                    self.peak_rss_mb = json.loads(line)["peak_rss_mb"]
+        except (OSError, ValueError):
+            pass
+        self.proc.wait(timeout=60)
+
+
+def jax_server(name: str, argv: list[str], env: dict) -> Server:
+    return Server(name, [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", "serve_jax",
+                         *argv], env)
+
+
+def torch_server(python: str, argv: list[str], env: dict) -> Server:
+    return Server("torch", [python, str(pathlib.Path(__file__).resolve()), "--worker", "serve_torch", *argv],
+                  env)
+
+
+def alternate_steps(first: Server, second: Server, pairs: int) -> tuple[list[float], list[float], list[float]]:
+    """`pairs` single steps of each, alternating, so that load from other processes falls on both
+    alike; (first's seconds, second's seconds, load averages)."""
+    a, b, loads = [], [], []
+    for _ in range(pairs):
+        loads.append(os.getloadavg()[0])
+        a.append(first.step())
+        b.append(second.step())
+    return a, b, loads
+
+
+def lockstep(jax_argv: list[str], torch_python: str, torch_argv: list[str], pairs: int,
+             jax_env: dict, torch_env: dict) -> dict:
+    """JAX and PyTorch servers stepping alternately; medians, minima and their ratios."""
+    jax_srv = jax_server("jax", jax_argv, jax_env)
+    try:
+        torch_srv = torch_server(torch_python, torch_argv, torch_env)
+        try:
+            j, t, loads = alternate_steps(jax_srv, torch_srv, pairs)
+        finally:
+            torch_srv.close()
+    finally:
+        jax_srv.close()
+    return {"lockstep_pairs": pairs, "lockstep_jax_s": j, "lockstep_torch_s": t,
+            "lockstep_jax_median_s": _median(j), "lockstep_torch_median_s": _median(t),
+            "lockstep_jax_min_s": min(j), "lockstep_torch_min_s": min(t),
+            "lockstep_torch_over_jax_median": _median(t) / _median(j),
+            "lockstep_torch_over_jax_min": min(t) / min(j),
+            "lockstep_pair_ratio_median": _median([b / a for a, b in zip(j, t)]),
+            "lockstep_loadavg": loads,
+            "lockstep_jax_peak_rss_mb": jax_srv.peak_rss_mb, "lockstep_torch_peak_rss_mb": torch_srv.peak_rss_mb}
+
+
+# What was tried on the x4 training step (docs/performance.md): name -> (serve_jax options,
+# environment changes; None removes a variable). Each runs in lockstep against the default.
+VARIANTS = {
+    "conv_direct": ([], {"DRN_JAX_CONV": "direct"}),
+    "malloc_default": ([], {"GLIBC_TUNABLES": None}),
+    "bfloat16": (["--dtype", "bfloat16"], {}),
+    "remat": (["--remat"], {}),
+    "xla_onednn": ([], {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}),
+    "xla_fast_math": ([], {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}),
+    "xla_vector_width_512": ([], {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}),
+}
+
+
+def variants(argv: list[str], names: list[str], pairs: int, env: dict) -> list[dict]:
+    """The default x4 step against each variant, alternating single steps of two warm servers."""
+    records = []
+    base = jax_server("default", argv, env)
+    try:
+        for name in names:
+            extra_argv, changes = VARIANTS[name]
+            variant_env = dict(env)
+            for key, value in changes.items():
+                if value is None:
+                    variant_env.pop(key, None)
+                else:
+                    variant_env[key] = value
+            try:
+                other = jax_server(name, argv + extra_argv, variant_env)
+            except RuntimeError as err:
+                records.append({"bench": f"variant_{name}", "error": str(err)[-1000:]})
+                continue
+            try:
+                default_s, variant_s, loads = alternate_steps(base, other, pairs)
+            finally:
+                other.close()
+            records.append({
+                "bench": f"variant_{name}", "options": extra_argv, "env": changes,
+                "default_median_s": _median(default_s), "variant_median_s": _median(variant_s),
+                "default_s": default_s, "variant_s": variant_s, "loadavg": loads,
+                "speedup": _median(default_s) / _median(variant_s),
+                "pair_speedup_median": _median([d / v for d, v in zip(default_s, variant_s)]),
+                "variant_peak_rss_mb": other.peak_rss_mb})
+    finally:
+        base.close()
+    for record in records:
+        record["default_peak_rss_mb"] = base.peak_rss_mb
+    return records
 
 
 def machine() -> dict:
@@ -494,12 +710,19 @@ def run_suite(args) -> list[dict]:
                 record["images_per_s"] = record["batch"] / record["median_s"]
                 if "torch_median_s" in record:
                     record["torch_images_per_s"] = record["batch"] / record["torch_median_s"]
+                if tcmd is not None and args.lockstep:
+                    argv = ["--mode", "train", "--variant", variant, *quick]
+                    record.update(lockstep(argv, args.compare_torch, argv, args.lockstep, jax_env, torch_env))
                 emit(record, records)
             elif name == "infer_x4":
                 for size in ((64, 128) if args.quick else (128, 256)):
                     cmd = jax_cmd("infer", "--lr-size", str(size), *common)
                     tcmd = torch_cmd(args.compare_torch, "infer", torch_infer_opts(size)) if args.compare_torch else None
-                    emit(alternate(f"infer_x4_{size}", cmd, tcmd), records)
+                    record = alternate(f"infer_x4_{size}", cmd, tcmd)
+                    if tcmd is not None and args.lockstep:
+                        argv = ["--mode", "infer", "--lr-size", str(size), *quick]
+                        record.update(lockstep(argv, args.compare_torch, argv, args.lockstep, jax_env, torch_env))
+                    emit(record, records)
             elif name == "breakdown_x4":
                 record, _ = run_process(jax_cmd("breakdown", *common), env=jax_env, timeout=args.timeout)
                 emit({"bench": name, **record}, records)
@@ -521,6 +744,14 @@ def run_suite(args) -> list[dict]:
                 record["x4_step_images_per_s"] = step["images_per_s"]
                 record["one_thread_over_step"] = record["crops_per_s_1_thread"] / step["images_per_s"]
                 emit({"bench": name, **record}, records)
+            elif name == "variants_x4":
+                chosen = args.variants.split(",") if args.variants else list(VARIANTS)
+                unknown = sorted(set(chosen) - set(VARIANTS))
+                if unknown:
+                    sys.exit(f"unknown variant(s): {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+                argv = ["--mode", "train", "--variant", "x4", *quick]
+                for record in variants(argv, chosen, args.lockstep or 6, jax_env):
+                    emit(record, records)
             elif name == "eval_set14":
                 if not (SET14 / "Set14" / "HR").is_dir():
                     emit({"bench": name, "skipped": f"{SET14}/Set14/HR not found"}, records)
@@ -532,6 +763,16 @@ def run_suite(args) -> list[dict]:
             emit({"bench": name, "error": str(err)[-2000:]}, records)
     emit({"bench": "machine_after", "loadavg_1min": os.getloadavg()[0]}, records)
     return records
+
+
+def _ratio_text(r: dict) -> str:
+    if "torch_over_jax" not in r:
+        return "-"
+    text = f"runs {r['torch_over_jax']:.2f}x"
+    if "lockstep_torch_over_jax_median" in r:
+        text += (f"; lockstep {r['lockstep_torch_over_jax_median']:.2f}x "
+                 f"({r['lockstep_jax_median_s']:.3f} vs {r['lockstep_torch_median_s']:.3f} s)")
+    return text
 
 
 def markdown(records: list[dict]) -> str:
@@ -551,11 +792,11 @@ def markdown(records: list[dict]) -> str:
             jax_s = f"{fmt_s(r['median_s'])}/step, {r['images_per_s']:.1f} img/s (compile {r['compile_s']:.1f} s)"
             torch_s = (f"{fmt_s(r['torch_median_s'])}/step, {r['torch_images_per_s']:.1f} img/s"
                        if "torch_median_s" in r else "-")
-            ratio = f"{r['torch_over_jax']:.2f}x" if "torch_over_jax" in r else "-"
+            ratio = _ratio_text(r)
             rows.append(f"| {b} (batch {r['batch']}, HR {r['hr_patch']}) | {jax_s} | {torch_s} | {ratio} | {rss} |")
         elif b.startswith("infer_x4"):
             torch_s = fmt_s(r["torch_median_s"]) if "torch_median_s" in r else "-"
-            ratio = f"{r['torch_over_jax']:.2f}x" if "torch_over_jax" in r else "-"
+            ratio = _ratio_text(r)
             rows.append(f"| {b} (LR {r['lr_size']}², batch 1) | {fmt_s(r['median_s'])} | {torch_s} | {ratio} | {rss} |")
         elif b == "breakdown_x4":
             parts = ", ".join(f"{k[:-2]} {v:.3f}" for k, v in r.items() if k.endswith("_s"))
@@ -569,6 +810,10 @@ def markdown(records: list[dict]) -> str:
             rows.append(f"| pipeline crops/s (patch 96) | 1 thread {r['crops_per_s_1_thread']:.0f}, 2 threads "
                         f"{r['crops_per_s_2_threads']:.0f}; x4 step eats {r['x4_step_images_per_s']:.1f} img/s "
                         f"({r['one_thread_over_step']:.0f}x) | - | - | {rss} |")
+        elif b.startswith("variant_"):
+            rows.append(f"| x4 step, {b[len('variant_'):]} | {fmt_s(r['variant_median_s'])}/step vs default "
+                        f"{fmt_s(r['default_median_s'])}: {r['speedup']:.2f}x | - | - | "
+                        f"{r['variant_peak_rss_mb']:.0f} MiB (default {r['default_peak_rss_mb']:.0f}) |")
         elif b == "eval_set14":
             rows.append(f"| eval_set14 x4 ({r['images']} images) | {r['wall_s']:.1f} s, network compilations "
                         f"{r['network_compilations']}, XLA compilations in the pass {r['xla_compilations_total']} "
@@ -594,6 +839,11 @@ def main() -> None:
                         help="glibc malloc settings for the JAX processes (see TUNED_MALLOC)")
     parser.add_argument("--torch-malloc", choices=("default", "tuned"), default="default",
                         help="the same for the PyTorch peer")
+    parser.add_argument("--lockstep", type=int, default=10, metavar="PAIRS",
+                        help="with --compare-torch: also alternate PAIRS single steps of two warm "
+                             "servers (robust to load from other processes); 0 turns it off")
+    parser.add_argument("--variants", default="",
+                        help=f"variants_x4: comma-separated subset of {', '.join(VARIANTS)}")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per subprocess, seconds")
     parser.add_argument("--markdown", metavar="PATH", default=None, help="also write the table here")
     args = parser.parse_args()

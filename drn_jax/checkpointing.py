@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from drn_jax import config as config_lib
 from drn_jax.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -361,7 +362,7 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; is {workdir} a training workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return config_lib.from_saved(json.loads(path.read_text()))
 
 
 def load_for_inference(workdir: str | pathlib.Path | None = None, checkpoint: str | pathlib.Path | None = None

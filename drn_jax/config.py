@@ -8,6 +8,8 @@ Defaults marked "guess" are where ../shared/paper/METHOD.md says the paper is si
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -28,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.progressive = True
     config.model.image_residual = False  # METHOD.md option, off as in the paper
     config.model.dtype = "float32"  # computation dtype; "bfloat16" on accelerators
+    config.model.remat = False  # recompute residual modules in the backward pass: less memory
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "gs"  # gs | l1 | mse | gradient | pixel_gradient
@@ -64,6 +67,20 @@ def base_config() -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field and the fix."""
+
+
+def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A config saved as JSON (a workdir's ``config.json``, a model card) over today's defaults,
+    so that fields added since it was saved get their default values."""
+
+    def merge(base: dict, extra: Mapping[str, Any]) -> dict:
+        merged = dict(base)
+        for key, value in extra.items():
+            nested = isinstance(value, Mapping) and isinstance(merged.get(key), dict)
+            merged[key] = merge(merged[key], value) if nested else value
+        return merged
+
+    return ml_collections.ConfigDict(merge(base_config().to_dict(), saved))
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:

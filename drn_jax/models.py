@@ -13,7 +13,8 @@ Features, not images, flow from block to block; each block's image is a side out
 blocks are a training-time constraint: :meth:`DRN.upscale` skips them.
 
 Every convolution is 3×3 with bias and stride 1 unless stated, zero padding of one pixel on
-each side ("SAME" for stride 1). The stride-2 dual convolution also pads one pixel on each side,
+each side ("SAME" for stride 1). On CPU most of them are computed by the Winograd algorithm,
+which equals the direct convolution up to float32 rounding (see :func:`conv3x3`). The stride-2 dual convolution also pads one pixel on each side,
 as PyTorch's ``padding=1``: its output has ``ceil(H/2) × ceil(W/2)`` pixels (exactly ``H/2`` for
 even ``H``) and output pixel ``j`` is centred on input pixel ``2j``. (XLA's "SAME" would pad
 only at the bottom/right for even sizes, shifting the sampling grid against PyTorch's.)
@@ -109,18 +110,21 @@ def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
 # 3×3 convolutions: XLA's direct convolution, or Winograd F(4×4, 3×3) on CPU
 # ----------------------------------------------------------------------------------------------
 #
-# On CPU, XLA runs convolutions as direct convolutions (YNNPACK or Eigen) and computes the kernel
-# gradient as a "convolution" with a 48×48 window, which is several times slower than the forward
-# pass. DRN's cost is almost all 3×3 convolutions with 64 (or 256) channels, so on CPU they use the
-# Winograd algorithm F(4×4, 3×3) (Lavin & Gray 2016) instead: each 6×6 input tile and the kernel
-# are transformed, multiplied channel-wise in 36 independent (tiles × C_in) @ (C_in × C_out)
-# matrix products, and transformed back to a 4×4 output tile. That is 4× fewer multiplications
-# than the direct convolution, and the backward pass needs only matrix products and the
-# transposed transforms (written out below as custom VJPs, as autodiff of the strided slicing would
-# scatter through padded copies). The result equals the direct convolution up to float32
-# rounding (max. relative difference ~1e-5 instead of ~1e-6). Convolutions with few channels
-# (the RGB ones), strided ones, non-float32 ones and those on other backends use XLA's
-# convolution. ``DRN_JAX_CONV=direct`` (or ``winograd``) in the environment forces one algorithm.
+# On CPU, XLA runs convolutions as direct convolutions (YNNPACK) and computes the kernel gradient
+# as a "convolution" with a 48×48 window, about 5× slower than the forward pass; DRN's cost is
+# almost all 3×3 convolutions with 64 (or 256) channels. On CPU those use the Winograd algorithm
+# F(4×4, 3×3) (Lavin & Gray 2016) instead: every 6×6 input tile (stride 4) and the kernel are
+# transformed, multiplied in 36 independent (tiles × C_in) @ (C_in × C_out) matrix products, and
+# transformed back to 4×4 output tiles, 4× fewer multiplications than the direct convolution. The
+# backward pass is matrix products and the transposed transforms (custom VJPs below: autodiff of
+# the strided tile slicing would scatter through padded copies). The upsampling convolution's
+# pixel shuffle and bias are folded into its output transform. Results equal the direct
+# convolution up to float32 rounding: against a float64 reference the activations' error is ~3×
+# and the parameter gradients' (median) ~25× that of XLA's float32 convolution, ~1e-6 relative.
+# Convolutions to fewer than 16 channels (the RGB outputs) are one matrix product and a shifted
+# sum instead (:func:`_shifted_sum_conv3x3`); from few channels, strided, non-float32, and on
+# other backends they use XLA's convolution. ``DRN_JAX_CONV=direct`` in the environment turns
+# both off (``winograd`` forces them on any backend); it is read when a model is traced.
 
 _CONV_ALGORITHMS = ("auto", "direct", "winograd")
 _WINOGRAD_MIN_CHANNELS = 16  # below this the matrix products are too thin to pay for transforms
@@ -455,6 +459,7 @@ class PrimalBlock(nn.Module):
     head: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -474,8 +479,11 @@ class PrimalBlock(nn.Module):
         conv = lambda f, name: _conv3x3(f, name, self.dtype, self.param_dtype)  # noqa: E731
         if self.head:
             x = conv(self.features, "head")(x)
+        # With remat, each module's activations are recomputed in the backward pass instead of
+        # kept: less memory for large patches and batches, ~1/3 more convolution work.
+        module_class = nn.remat(ResidualModule) if self.remat else ResidualModule
         for index in range(self.num_modules):
-            x = ResidualModule(
+            x = module_class(
                 self.features, self.dtype, self.param_dtype, name=f"residual_{index}"
             )(x)
         # conv3x3 F->4F, then pixel_shuffle(2) (fused into the convolution where it can be).
@@ -537,6 +545,8 @@ class DRN(nn.Module):
         LapSRN-style option of METHOD.md; off by default (not in the paper).
       dtype: computation dtype (e.g. ``jnp.bfloat16`` on accelerators); outputs are float32.
       param_dtype: parameter dtype.
+      remat: recompute the residual modules' activations in the backward pass (rematerialise)
+        instead of storing them: the same values and parameters, less training memory.
 
     Initialise with ``model.init(rng, lr)`` (``__call__`` creates every parameter); infer with
     ``model.apply(variables, lr, method="upscale")``.
@@ -550,6 +560,7 @@ class DRN(nn.Module):
     image_residual: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def __post_init__(self) -> None:
         num_levels(self.scale)  # fail at construction, not deep inside init
@@ -564,6 +575,7 @@ class DRN(nn.Module):
                 head=(i == 0),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                remat=self.remat,
             )
             for i in range(levels)
         ]

@@ -79,22 +79,6 @@ def load_metadata(name: str, path: str | pathlib.Path | None = None) -> dict[str
         raise ValueError(f"{meta_path}: not JSON ({err})") from None
 
 
-def _model_config(saved: Mapping[str, Any]):
-    """The saved config over the current defaults, so fields added later get their defaults."""
-    import ml_collections
-
-    from drn_jax import config as config_lib
-
-    def merge(base: dict, extra: Mapping[str, Any]) -> dict:
-        out = dict(base)
-        for key, value in extra.items():
-            out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(
-                out.get(key), dict) else value
-        return out
-
-    return ml_collections.ConfigDict(merge(config_lib.base_config().to_dict(), saved))
-
-
 def load(name: str, path: str | pathlib.Path | None = None):
     """``(config, model, variables)`` of the pretrained model ``name``, as a checkpoint would give.
 
@@ -105,6 +89,7 @@ def load(name: str, path: str | pathlib.Path | None = None):
     import jax
     import jax.numpy as jnp
 
+    from drn_jax import config as config_lib
     from drn_jax import training
 
     folder = directory(path)
@@ -115,7 +100,7 @@ def load(name: str, path: str | pathlib.Path | None = None):
     if expected_hash and hashlib.sha256(data).hexdigest() != expected_hash:
         raise ValueError(f"{params_path}: its sha256 differs from {name}.json's; the file is "
                          "corrupted or from another export; export it again")
-    config = _model_config(meta["config"])
+    config = config_lib.from_saved(meta["config"])
     model = training.create_model(config)
     try:
         params = flax.serialization.msgpack_restore(data)

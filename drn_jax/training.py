@@ -66,6 +66,7 @@ def create_model(config: ml_collections.ConfigDict) -> models.DRN:
         progressive=config.model.progressive,
         image_residual=config.model.image_residual,
         dtype=jnp.dtype(config.model.dtype),
+        remat=config.model.remat,
     )
 
 
