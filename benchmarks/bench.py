@@ -99,8 +99,20 @@ def _train_config(name: str, quick: bool):
     return config
 
 
-def _make_step(config):
-    """(compiled step, state, batch, compile seconds) for `config` on this process's devices."""
+def lowered_flops(lowered) -> float | None:
+    """XLA's FLOP count of a lowered (not yet compiled) program. Counted before compilation, since
+    on GPU the compiled convolutions become library calls that the cost analysis skips."""
+    try:
+        analysis = lowered.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0)) or None
+
+
+def _lower_step(config):
+    """(lowered training step, state, batch) for `config` on this process's devices."""
     import jax
     import numpy as np
 
@@ -115,10 +127,17 @@ def _make_step(config):
     patch = config.data.hr_patch_size
     hr = np.random.default_rng(0).integers(0, 256, (config.batch_size, patch, patch, 3), dtype=np.uint8)
     batch = training.global_batch(hr, mesh)
+    return step.lower(state, batch), state, batch
+
+
+def _make_step(config):
+    """(compiled step, state, batch, compile seconds, FLOPs per step) for `config` on this
+    process's devices."""
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    lowered, state, batch = _lower_step(config)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    return compiled, state, batch, compile_s
+    return compiled, state, batch, compile_s, lowered_flops(lowered)
 
 
 def _time_step(compiled, state, batch, *, warmup: int, steps: int) -> tuple[list[float], float]:
@@ -141,7 +160,7 @@ def work_train(args) -> dict:
     from drn_jax import models
 
     config = _train_config(args.variant, args.quick)
-    compiled, state, batch, compile_s = _make_step(config)
+    compiled, state, batch, compile_s, flops = _make_step(config)
     times, loss = _time_step(compiled, state, batch, warmup=args.warmup, steps=args.steps)
     summary = _summary(times)
     return {
@@ -149,7 +168,8 @@ def work_train(args) -> dict:
         "modules_per_block": config.model.modules_per_block, "batch": config.batch_size,
         "hr_patch": config.data.hr_patch_size, "loss": config.loss.name, "dtype": config.model.dtype,
         "devices": jax.device_count(),
-        "params": models.count_params(state.params), "compile_s": compile_s, **summary,
+        "params": models.count_params(state.params), "compile_s": compile_s, "flops_per_step": flops,
+        **summary,
         "images_per_s": config.batch_size / summary["median_s"], "final_loss": loss,
     }
 
@@ -206,7 +226,7 @@ def work_breakdown(args) -> dict:
         times = _timeit(lambda: jax.block_until_ready(fn(*fn_args)), warmup=args.warmup,
                         steps=args.steps)
         result[f"{name}_s"] = statistics.median(times)
-    compiled, st, batch, _ = _make_step(config)
+    compiled, st, batch, *_ = _make_step(config)
     times, _ = _time_step(compiled, st, batch, warmup=args.warmup, steps=args.steps)
     result["full_step_s"] = statistics.median(times)
     result["backward_only_s_approx"] = result["forward_backward_s"] - result["forward_s"]
@@ -365,7 +385,7 @@ def serve_jax(args) -> None:
         config = _train_config(args.variant, args.quick)
         config.model.dtype = args.dtype
         config.model.remat = args.remat
-        compiled, state, batch, _ = _make_step(config)
+        compiled, state, batch, *_ = _make_step(config)
         box = {"state": state}
 
         def step_fn():

@@ -255,7 +255,17 @@ def test_parameter_ema_follows_its_update_rule():
     initial_params = jax.device_get(initial.params)
     step = training.make_train_step(config, model, optimizer, mesh)
     hr = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    state, _ = step(training.replicate(initial, mesh), training.global_batch(hr, mesh))
-    expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, jax.device_get(state.params), initial_params)
+    batch = training.global_batch(hr, mesh)
+
+    # Step 0: the decay warms up as (1 + n) / (10 + n) = 0.1, so the random start fades fast.
+    state, _ = step(training.replicate(initial, mesh), batch)
+    expected = jax.tree.map(lambda new, old: 0.9 * new + 0.1 * old, jax.device_get(state.params), initial_params)
     chex.assert_trees_all_close(jax.device_get(state.ema_params), expected, atol=1e-7)
     assert training.eval_params(state) is state.ema_params
+
+    # Late in a run (n = 1000) the configured decay applies.
+    fresh = training.create_train_state(config, model, optimizer, jax.random.key(0))  # the first was donated
+    late = training.replicate(fresh.replace(step=jnp.asarray(1000, jnp.int32)), mesh)
+    state, _ = step(late, batch)
+    expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, jax.device_get(state.params), initial_params)
+    chex.assert_trees_all_close(jax.device_get(state.ema_params), expected, atol=1e-7)
