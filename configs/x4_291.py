@@ -8,40 +8,34 @@
 `--config=configs/x4_291.py:STEPS` changes the step count; the learning-rate decay follows it.
 Target: Set5 x4 >= 30.50 dB and Set14 >= 27.61 dB (about SRCNN's row in the paper's x4 table).
 
-Why these values (the budget is ~150 minutes of the project's 2-core CPU, nothing else running):
+Why these values (the budget is ~150 minutes of the project's 2-core CPU):
 
-* The paper's model (F 64, 7 modules per block, 1.34M parameters) trains at ~12 HR crops/s at
-  patch 96 here: 150 minutes are ~100k crops, ~6k steps of batch 16, far from converged (the
-  paper trains for hundreds of thousands of steps). At this budget the number of updates limits
-  the result more than capacity does: SRCNN (57k parameters) and FSRCNN (12k) reach the target
-  when trained long, so a 300k-parameter residual network has capacity to spare, and a smaller
-  network sees several times more data in the same time.
-* Width is what to cut. Measured side by side on this CPU (training step, batch 16; the machine
-  was shared, so only the ratios mean something): F 64 R 7 at patch 96 ~4 crops/s, F 48 R 4 ~1.7x
-  that, F 40 no faster than F 48, F 32 R 4 ~4-6x, F 32 R 6 ~2.6x, and F 32 R 3 at patch 64 (the
-  comparison model) ~8x. Cost follows width and pixels; 32 channels also suit the vector units.
+* The paper's model (F 64, 7 modules per block, 1.34M parameters) trains at ~13 HR crops/s at
+  patch 96 here (benchmarks/bench.py train_x4): 150 minutes are ~120k crops, ~7k steps of batch
+  16, far from converged (the paper trains for hundreds of thousands of steps). At this budget
+  the number of updates limits the result more than capacity does: SRCNN (57k parameters) and
+  FSRCNN (12k) reach the target when trained long, so a 300k-parameter residual network has
+  capacity to spare, and a smaller network sees several times more data in the same time.
+* Width is what to cut: cost follows width² and pixels, and 32 channels suit the vector units.
   F 32 R 6 (12 residual modules at x4, close to the paper's 14) keeps depth and a receptive
   field of 21 LR pixels: 302k parameters.
 * HR patch 64 (16-pixel LR patches), batch 16 (the paper's batch). Crops/s fall with the
   pixels per crop, so at equal time patch 96 means 2.25x fewer updates; early in training the
   updates are worth more than the larger context (the comparison runs use patch 64 as well).
-* Steps: 15,000 (240k crops, ~800 epochs of 291 images). The comparison model trained at 44
-  crops/s end to end here (data pipeline and validation included); R 6 costs ~1.45x R 3 per
-  crop, so ~30 crops/s: ~130 minutes of training plus ~4 minutes of start-up, validation and
-  checkpoints. Check the crops/s of the first log lines: below ~28 the run will overrun 150
-  minutes; restart it with fewer steps (`configs/x4_291.py:12000`, say) before it is far
-  along, since the decay points move with the step count.
+* Steps: 15,000 (240k crops, ~800 epochs of 291 images). With the Winograd convolutions
+  (docs/performance.md) this model trains at 60-70 crops/s end to end here when nothing else
+  runs (pipeline, validation and checkpoints included): about 65 minutes. The shipped run shared
+  the machine with the comparison runs for its first hour and took longer (its model card).
 * Learning rate 4e-4, x0.3 every 6,250 steps (4e-4, 1.2e-4, then 3.6e-5 for the last 2,500
   steps): a short run gains from a rate above the paper's 1e-4 (the embedded default trains F 32
-  at 5e-4; slightly lower here for the deeper, norm-free network); the two decays approximate
-  the annealing short SR trainings profit from.
-* No parameter EMA: `training.create_train_state` starts the EMA as the very arrays of the
-  parameters, and the donated step then fails ("Attempt to donate the same buffer twice").
-  Once the EMA starts from a copy, `--config.ema_decay=0.999` (a ~1000-step window, evaluated
-  and exported instead of the raw parameters) should add a few hundredths of a dB for free.
+  at 5e-4; slightly lower here for the deeper network); the two decays approximate the
+  annealing short SR trainings profit from.
+* Parameter EMA 0.999 (a ~1000-step window), evaluated and exported instead of the raw
+  parameters: it averages out the last steps' noise for free. (The shipped run predates the
+  EMA's warm-up, so its first validation points still hold part of the random start.)
 * Loss and structure are the paper's: GS loss, λ 2, dual weight 0.1, dual + progressive.
 * Validation on Set5 every 1,500 steps (the training curve in metrics.jsonl; the run is not
-  selected on it: fixed step count). Checkpoints every 1,000 steps (~9 minutes).
+  selected on it: fixed step count). Checkpoints every 1,000 steps.
 """
 
 import pathlib
@@ -80,7 +74,7 @@ def get_config(steps: str | None = None):
     config.learning_rate = 4e-4
     config.lr_decay_factor = 0.3
     config.lr_decay_every = max(1, round(steps * 6_250 / DEFAULT_STEPS))
-    config.ema_decay = 0.0  # see above: an EMA cannot start yet
+    config.ema_decay = 0.999  # evaluated and exported instead of the raw parameters
 
     config.checkpoint_every_steps = 1_000
     config.keep_checkpoints = 3
