@@ -160,7 +160,10 @@ def work_train(args) -> dict:
     from drn_jax import models
 
     config = _train_config(args.variant, args.quick)
+    config.model.dtype = args.dtype
+    config.model.remat = args.remat
     compiled, state, batch, compile_s, flops = _make_step(config)
+    memory = compiled.memory_analysis()
     times, loss = _time_step(compiled, state, batch, warmup=args.warmup, steps=args.steps)
     summary = _summary(times)
     return {
@@ -169,6 +172,7 @@ def work_train(args) -> dict:
         "hr_patch": config.data.hr_patch_size, "loss": config.loss.name, "dtype": config.model.dtype,
         "devices": jax.device_count(),
         "params": models.count_params(state.params), "compile_s": compile_s, "flops_per_step": flops,
+        "remat": config.model.remat, "xla_temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
         **summary,
         "images_per_s": config.batch_size / summary["median_s"], "final_loss": loss,
     }
