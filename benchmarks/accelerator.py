@@ -17,7 +17,6 @@ dense bfloat16 peak come from the program that ran. One JSON line per case on st
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -31,30 +30,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-# Dense peak FLOP/s from the vendors' data sheets (no sparsity), by `device_kind` prefix.
-PEAKS = {
-    "NVIDIA H100": {"bfloat16": 989.4e12, "float32": 66.9e12},  # SXM5; fp32 without tensor cores
-    "NVIDIA H200": {"bfloat16": 989.4e12, "float32": 66.9e12},
-    "NVIDIA A100": {"bfloat16": 312e12, "float32": 19.5e12},
-}
+# Dense bfloat16 peak FLOP/s from the vendors' data sheets (no sparsity), by `device_kind` prefix.
+BF16_PEAKS = {"NVIDIA H100": 989.4e12, "NVIDIA H200": 989.4e12, "NVIDIA A100": 312e12}
 
 
-def _peak(kind: str, dtype: str) -> float | None:
-    for prefix, peaks in PEAKS.items():
-        if kind.startswith(prefix):
-            return peaks[dtype]
-    return None
-
-
-def _time(fn, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def bf16_peak(kind: str) -> float | None:
+    return next((peak for prefix, peak in BF16_PEAKS.items() if kind.startswith(prefix)), None)
 
 
 def _case_config(scale: int, batch: int, patch: int, dtype: str, quick: bool):
@@ -78,7 +59,7 @@ def train_case(scale: int, batch: int, patch: int, dtype: str, quick: bool, warm
         box["state"], metrics = compiled(box["state"], hr_batch)
         jax.block_until_ready(metrics)
 
-    times = _time(step, warmup, steps)
+    times = bench._timeit(step, warmup=warmup, steps=steps)
     return {"case": f"train_x{scale}", "batch": batch, "hr_patch": patch, "dtype": dtype,
             "features": config.model.features, "modules_per_block": config.model.modules_per_block,
             "compile_s": compile_s, "median_s": statistics.median(times), "min_s": min(times),
@@ -106,7 +87,7 @@ def infer_case(lr_size: int, batch: int, dtype: str, quick: bool, warmup: int, s
     lowered, variables, lr = _lower_infer(lr_size, batch, dtype, quick)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    times = _time(lambda: jax.block_until_ready(compiled(variables, lr)), warmup, steps)
+    times = bench._timeit(lambda: jax.block_until_ready(compiled(variables, lr)), warmup=warmup, steps=steps)
     return {"case": "infer_x4", "lr_size": lr_size, "batch": batch, "dtype": dtype,
             "compile_s": compile_s, "median_s": statistics.median(times), "min_s": min(times),
             "images_per_s": batch / statistics.median(times),
@@ -117,9 +98,9 @@ def torch_cases(peer_path: str, quick: bool, warmup: int, steps: int) -> list[di
     """The PyTorch peer's own model, pyramid and loss on CUDA (bf16 autocast, channels-last)."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("torch_drn", peer_path)
-    peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peer)
+    import bench
+
+    peer = bench.load_torch_peer(peer_path)
     device = torch.device("cuda")
     blocks = 2 if quick else 7
     records = []
@@ -128,7 +109,7 @@ def torch_cases(peer_path: str, quick: bool, warmup: int, steps: int) -> list[di
         def run():
             fn()
             torch.cuda.synchronize()
-        return _time(run, warmup, steps)
+        return bench._timeit(run, warmup=warmup, steps=steps)
 
     for scale, batch, patch in ((4, 16, 96), (8, 16, 96), (4, 64, 192)):
         if quick:
@@ -175,7 +156,7 @@ def table(timings_path: str, flops_path: str) -> str:
              if r.get("flops_per_call")}
     machine = next(r for r in timings if r["case"] == "machine")
     torch = {_key(r): r for r in timings if r["case"].startswith("torch_") and "median_s" in r}
-    peak = _peak(machine["device_kind"], "bfloat16")
+    peak = bf16_peak(machine["device_kind"])
     rows = [f"{machine['device_kind']}, jax {machine['jax']}; peak dense bf16 {peak / 1e12:.0f} TFLOP/s" if peak
             else machine["device_kind"], "",
             "| case | dtype | JAX time | images/s | TFLOP/s | of bf16 peak | PyTorch peer (bf16 autocast) | peer/JAX |",
@@ -269,7 +250,7 @@ def main() -> None:
         if record["flops_per_call"]:
             achieved = record["flops_per_call"] / record["median_s"]
             record["achieved_tflops"] = achieved / 1e12
-            peak = _peak(device.device_kind, "bfloat16")
+            peak = bf16_peak(device.device_kind)
             if peak:
                 record["fraction_of_bf16_peak"] = achieved / peak
         emit(record)

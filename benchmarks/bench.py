@@ -259,7 +259,6 @@ def work_infer(args) -> dict:
 
 def work_gs_loss(args) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from drn_jax import losses, training
 
@@ -406,15 +405,21 @@ def serve_jax(args) -> None:
     _serve(step_fn)
 
 
-def serve_torch(args) -> None:
-    """The PyTorch peer's own model, loss, pyramid and step (imported from torch_drn.py)."""
+def load_torch_peer(path: str | pathlib.Path):
+    """The PyTorch peer (``torch_drn.py``) as a module, never installed or imported by the package."""
     import importlib.util
 
-    import torch
-
-    spec = importlib.util.spec_from_file_location("torch_drn", TORCH_PEER)
+    spec = importlib.util.spec_from_file_location("torch_drn", path)
     peer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peer)
+    return peer
+
+
+def serve_torch(args) -> None:
+    """The PyTorch peer's own model, loss, pyramid and step (imported from torch_drn.py)."""
+    import torch
+
+    peer = load_torch_peer(TORCH_PEER)
     torch.set_num_threads(2)
     torch.manual_seed(0)
     blocks = 2 if args.quick else 7
@@ -686,7 +691,6 @@ def run_suite(args) -> list[dict]:
     common = ["--steps", str(steps), "--warmup", str(args.warmup), *quick]
     records: list[dict] = []
     emit({"bench": "machine", **machine(), "malloc": args.malloc, "torch_malloc": args.torch_malloc}, records)
-    results: dict[str, dict] = {}
 
     def torch_train_opts(scale):
         feats, blocks, batch = ("64", "2", "4") if args.quick else ("64", "7", "16")

@@ -69,6 +69,27 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field and the fix."""
 
 
+def override(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """Sets the dotted field `key` (``"model.features"``) of `config` to `value`.
+
+    Raises `ConfigError` for a field the config does not have, or a non-bool for a bool field;
+    an int for a float field becomes a float.
+    """
+    target = config
+    *parents, leaf = key.split(".")
+    try:
+        for parent in parents:
+            target = target[parent]
+        current = target[leaf]
+    except (KeyError, AttributeError, TypeError):
+        raise ConfigError(f"override {key}={value!r}: the config has no field {key!r}") from None
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ConfigError(f"override {key}={value!r}: expected True or False")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    target[leaf] = value
+
+
 def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """A config saved as JSON (a workdir's ``config.json``, a model card) over today's defaults,
     so that fields added since it was saved get their default values."""

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["DIRECTORY_ENV", "FORMAT", "PACKAGE_DIRECTORY", "available", "card_from_results",
-           "directory", "export", "load", "load_metadata", "machine_description", "model_card",
+           "cpu_description", "directory", "export", "load", "load_metadata", "machine_description", "model_card",
            "write_model_card", "main"]
 
 DIRECTORY_ENV = "DRN_PRETRAINED_DIR"
@@ -124,10 +124,8 @@ def load(name: str, path: str | pathlib.Path | None = None):
 # Export and model cards
 # ---------------------------------------------------------------------------
 
-def machine_description() -> str:
-    """This machine in one line: CPU model and cores (or accelerators), JAX backend and version."""
-    import jax
-
+def cpu_description() -> str:
+    """This machine's CPU model and core count, e.g. ``"Intel(R) Xeon(R) Processor, 2 cores"``."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -136,10 +134,16 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def machine_description() -> str:
+    """This machine in one line: CPU model and cores (or accelerators), JAX backend and version."""
+    import jax
+
     backend = jax.default_backend()
     devices = jax.devices()
-    where = f"{cpu}, {os.cpu_count()} cores" if backend == "cpu" else \
-        f"{len(devices)} x {devices[0].device_kind}"
+    where = cpu_description() if backend == "cpu" else f"{len(devices)} x {devices[0].device_kind}"
     return f"{where}; jax {jax.__version__} ({backend})"
 
 

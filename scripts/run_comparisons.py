@@ -36,7 +36,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import time
@@ -240,22 +239,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def _set(config, key: str, value: Any) -> None:
-    target = config
-    *parents, leaf = key.split(".")
-    try:
-        for parent in parents:
-            target = target[parent]
-        current = target[leaf]
-    except (KeyError, AttributeError, TypeError):
-        raise ValueError(f"override {key}={value!r}: the config has no field {key!r}") from None
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ValueError(f"override {key}={value!r}: expected True or False")
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    target[leaf] = value
-
-
 def train_source(data_dir: pathlib.Path) -> str:
     """``folder:`` source of T91 and BSD200 under `data_dir`, or of `data_dir` itself."""
     parts = [data_dir / "T91", data_dir / "BSD200"]
@@ -270,8 +253,10 @@ def build_config(run: Run, *, steps: int, data_dir: pathlib.Path, benchmark_dir:
     config = _load_config_module().get_config(str(steps))
     config.data.train = train_source(data_dir)
     config.data.val = f"folder:{benchmark_dir / 'Set5' / 'HR'}"
+    from drn_jax import config as config_lib
+
     for key, value in (*run.variant.overrides, *overrides):
-        _set(config, key, value)
+        config_lib.override(config, key, value)
     config.seed = run.seed
     return config
 
@@ -315,15 +300,9 @@ def _duration(seconds: float | None) -> str:
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from drn_jax.pretrained import cpu_description
+
+    return cpu_description()
 
 
 def evaluate_run(run_dir: pathlib.Path, benchmark_dir: pathlib.Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import pytest
 from PIL import Image
 
 from drn_jax import checkpointing, cli, training
+from drn_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,11 +53,7 @@ def default_config(**overrides):
     spec.loader.exec_module(module)
     config = module.get_config()
     for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+        config_lib.override(config, key, value)
     return config
 
 

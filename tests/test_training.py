@@ -35,11 +35,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     config.eval_every_steps = 3
     config.data.shuffle_buffer = 16
     for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+        config_lib.override(config, key, value)
     return config
 
 
