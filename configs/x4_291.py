@@ -10,9 +10,9 @@ Target: Set5 x4 >= 30.50 dB and Set14 >= 27.61 dB (about SRCNN's row in the pape
 
 Why these values (the budget is ~150 minutes of the project's 2-core CPU):
 
-* The paper's model (F 64, 7 modules per block, 1.34M parameters) trains at ~13 HR crops/s at
-  patch 96 here (benchmarks/bench.py train_x4): 150 minutes are ~120k crops, ~7k steps of batch
-  16, far from converged (the paper trains for hundreds of thousands of steps). At this budget
+* The paper's model (F 64, 7 modules per block, 1.34M parameters) trains at ~17 HR crops/s at
+  patch 96 here, counting the step alone (benchmarks/bench.py train_x4): 150 minutes are at most
+  ~150k crops, ~9k steps of batch 16, far from converged (the paper trains for hundreds of thousands of steps). At this budget
   the number of updates limits the result more than capacity does: SRCNN (57k parameters) and
   FSRCNN (12k) reach the target when trained long, so a 300k-parameter residual network has
   capacity to spare, and a smaller network sees several times more data in the same time.
@@ -25,7 +25,7 @@ Why these values (the budget is ~150 minutes of the project's 2-core CPU):
 * Steps: 15,000 (240k crops, ~800 epochs of 291 images). With the Winograd convolutions
   (docs/performance.md) this model trains at 60-70 crops/s end to end here when nothing else
   runs (pipeline, validation and checkpoints included): about 65 minutes. The shipped run shared
-  the machine with the comparison runs for its first hour and took longer (its model card).
+  the machine with the comparison runs for its first hour and took 80 minutes (its model card).
 * Learning rate 4e-4, x0.3 every 6,250 steps (4e-4, 1.2e-4, then 3.6e-5 for the last 2,500
   steps): a short run gains from a rate above the paper's 1e-4 (the embedded default trains F 32
   at 5e-4; slightly lower here for the deeper network); the two decays approximate the
