@@ -24,7 +24,7 @@ import pathlib
 
 from drn_jax.config import base_config
 
-DEFAULT_STEPS = 11_000
+DEFAULT_STEPS = 8_000
 
 
 def _shared_data() -> pathlib.Path:
