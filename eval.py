@@ -15,8 +15,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from drn_jax import cli, evaluation
+from drn_jax.rundir import DEFAULT_WORKDIR
 
-_WORKDIR = flags.DEFINE_string("workdir", evaluation.DEFAULT_WORKDIR,
+_WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR,
                                "training workdir: its latest checkpoint and saved config are used")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "a checkpoint step folder <workdir>/checkpoints/<step>; overrides --workdir")

@@ -13,20 +13,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
-from drn_jax import cli
+from drn_jax import checkpointing, cli, training
+from drn_jax.rundir import DEFAULT_WORKDIR
 
 _CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
     "Training configuration file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and summaries go.")
+_WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Where checkpoints, logs and summaries go.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    from drn_jax import training
-
+    # One line for a failed checkpoint write, not orbax's background tracebacks, which can come
+    # as late as the interpreter's teardown: installed for the rest of the process.
+    checkpointing.install_quiet_storage_errors()
     with cli.user_errors():
         training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

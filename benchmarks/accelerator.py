@@ -2,7 +2,7 @@
 """The accelerator benchmark: x4/x8 training steps and x4 inference on one GPU or TPU, in one process.
 
     python benchmarks/accelerator.py --out accelerator.jsonl
-    python benchmarks/accelerator.py --torch-peer ../shared/peers/torch_drn.py   # + the peer on CUDA
+    python benchmarks/accelerator.py --torch_peer ../shared/peers/torch_drn.py   # + the peer on CUDA
     python benchmarks/accelerator.py --quick          # smoke run on any backend, tiny sizes
 
 The paper's model (F 64, R 7) with bfloat16 computation and float32 loss and parameters
@@ -38,11 +38,12 @@ def bf16_peak(kind: str) -> float | None:
     return next((peak for prefix, peak in BF16_PEAKS.items() if kind.startswith(prefix)), None)
 
 
-def _case_config(scale: int, batch: int, patch: int, dtype: str, quick: bool):
+def _case_config(scale: int, batch: int, patch: int, dtype: str, quick: bool, conv: str = "auto"):
     import bench
 
     config = bench._train_config(f"x{scale}", quick)
     config.batch_size, config.data.hr_patch_size, config.model.dtype = batch, patch, dtype
+    config.model.conv = conv
     return config
 
 
@@ -66,13 +67,13 @@ def train_case(scale: int, batch: int, patch: int, dtype: str, quick: bool, warm
             "images_per_s": batch / statistics.median(times), "flops_per_call": flops}
 
 
-def _lower_infer(lr_size: int, batch: int, dtype: str, quick: bool):
+def _lower_infer(lr_size: int, batch: int, dtype: str, quick: bool, conv: str = "auto"):
     import jax
     import jax.numpy as jnp
 
     from drn_jax import models
 
-    model = models.DRN(4, modules_per_block=2 if quick else 7, dtype=jnp.dtype(dtype))
+    model = models.DRN(4, modules_per_block=2 if quick else 7, dtype=jnp.dtype(dtype), conv=conv)
     lr = jax.random.uniform(jax.random.key(1), (batch, lr_size, lr_size, 3), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(0), lr)
     return jax.jit(lambda v, x: model.apply(v, x, method="upscale")).lower(variables, lr), variables, lr
@@ -183,12 +184,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="R 2, small sizes: a smoke run")
-    parser.add_argument("--count-flops", action="store_true",
-                        help="only lower every case and print XLA's FLOP count (run it on CPU with "
-                             "DRN_JAX_CONV=direct: GPU backends may not count the lowered program)")
-    parser.add_argument("--torch-peer", default=None, help="torch_drn.py: also time the peer on CUDA")
+    parser.add_argument("--count_flops", action="store_true",
+                        help="only lower every case, with conv='xla' (the direct convolutions a GPU "
+                             "runs, not the CPU Winograd kernels), and print XLA's FLOP count (run it "
+                             "on CPU: GPU backends may not count the lowered program)")
+    parser.add_argument("--torch_peer", default=None, help="torch_drn.py: also time the peer on CUDA")
     parser.add_argument("--table", nargs=2, metavar=("TIMINGS", "FLOPS"),
-                        help="print the Markdown table of a timing run and a --count-flops run, and exit")
+                        help="print the Markdown table of a timing run and a --count_flops run, and exit")
     args = parser.parse_args()
     if args.table:
         print(table(*args.table))
@@ -230,11 +232,11 @@ def main() -> None:
     if args.count_flops:
         import bench
 
-        for kind, options in cases:
+        for kind, options in cases:  # conv="xla": the convolutions the GPU runs, not CPU Winograd's
             if kind == "train":
-                lowered = bench._lower_step(_case_config(**options, quick=small))[0]
+                lowered = bench._lower_step(_case_config(**options, quick=small, conv="xla"))[0]
             else:
-                lowered = _lower_infer(**options, quick=small)[0]
+                lowered = _lower_infer(**options, quick=small, conv="xla")[0]
             emit({"case": f"{kind}_x{options.get('scale', 4)}", **options, "flops_per_call": bench.lowered_flops(lowered)})
         return
     for kind, options in cases:

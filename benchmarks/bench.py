@@ -3,7 +3,7 @@
 
     python benchmarks/bench.py                               # everything
     python benchmarks/bench.py --only train_x4,infer_x4      # a subset
-    python benchmarks/bench.py --compare-torch .venv-torch/bin/python   # + the PyTorch peer, A/B
+    python benchmarks/bench.py --compare_torch .venv-torch/bin/python   # + the PyTorch peer, A/B
     python benchmarks/bench.py --quick                       # smoke run (few steps, small sizes)
 
 Benchmarks (``--only`` names):
@@ -23,7 +23,7 @@ Benchmarks (``--only`` names):
 * ``eval_set14``: wall time and compilations of a pass over Set14 at x4 (random F 64 R 7 model).
 
 Every benchmark runs in a subprocess of its own; ``peak_rss_mb`` is that process's peak resident
-memory. With ``--compare-torch PYTHON`` the training and inference benchmarks alternate JAX and
+memory. With ``--compare_torch PYTHON`` the training and inference benchmarks alternate JAX and
 PyTorch runs (``PYTHON ../shared/peers/torch_drn.py bench ...``, 2 threads, channels-last for
 inference) ``--repeats`` times and report ``torch_s / jax_s`` (> 1: JAX is faster). Load from
 other processes slows both sides alike only when they alternate, so compare within one run.
@@ -319,13 +319,13 @@ def work_gs_loss(args) -> dict:
 
 
 def work_pipeline(args) -> dict:
-    from drn_jax import input_pipeline
+    from pipeline import measure_throughput  # benchmarks/pipeline.py
 
     source = f"folder:{args.data}"
     result = {"source": source, "patch": 96, "batch": 16}
     for threads in (1, 2):
         result[f"crops_per_s_{threads}_thread{'s' if threads > 1 else ''}"] = (
-            input_pipeline.measure_throughput(source, 96, 16, args.seconds, threads))
+            measure_throughput(source, 96, 16, args.seconds, threads))
     return result
 
 
@@ -388,6 +388,7 @@ def serve_jax(args) -> None:
         config = _train_config(args.variant, args.quick)
         config.model.dtype = args.dtype
         config.model.remat = args.remat
+        config.model.conv = args.conv
         compiled, state, batch, *_ = _make_step(config)
         box = {"state": state}
 
@@ -395,7 +396,8 @@ def serve_jax(args) -> None:
             box["state"], metrics = compiled(box["state"], batch)
             jax.block_until_ready(metrics)
     else:
-        model = models.DRN(4, modules_per_block=2 if args.quick else 7, dtype=jnp.dtype(args.dtype))
+        model = models.DRN(4, modules_per_block=2 if args.quick else 7, dtype=jnp.dtype(args.dtype),
+                           conv=args.conv)
         lr = jax.random.uniform(jax.random.key(1), (1, args.lr_size, args.lr_size, 3), jnp.float32)
         variables = jax.jit(model.init)(jax.random.key(0), lr)
         upscale = jax.jit(lambda v, x: model.apply(v, x, method="upscale")).lower(variables, lr).compile()
@@ -458,10 +460,11 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--mode", default="train")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--conv", default="auto", help="serve_jax: the models' conv algorithm (auto|winograd|xla)")
     parser.add_argument("--variant", default="x4")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--lr-size", type=int, default=128)
+    parser.add_argument("--lr_size", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--data", default=None)
     parser.add_argument("--quick", action="store_true")
@@ -607,7 +610,7 @@ def lockstep(jax_argv: list[str], torch_python: str, torch_argv: list[str], pair
 # What was tried on the x4 training step (docs/performance.md): name -> (serve_jax options,
 # environment changes; None removes a variable). Each runs in lockstep against the default.
 VARIANTS = {
-    "conv_direct": ([], {"DRN_JAX_CONV": "direct"}),
+    "conv_direct": (["--conv", "xla"], {}),
     "malloc_default": ([], {"GLIBC_TUNABLES": None}),
     "bfloat16": (["--dtype", "bfloat16"], {}),
     "remat": (["--remat"], {}),
@@ -699,7 +702,7 @@ def run_suite(args) -> list[dict]:
 
     def torch_infer_opts(size):
         blocks = "2" if args.quick else "7"
-        return ["--scale", "4", "--feats", "64", "--blocks", blocks, "--lr-size", str(size),
+        return ["--scale", "4", "--feats", "64", "--blocks", blocks, "--lr_size", str(size),
                 "--steps", str(steps), "--warmup", str(args.warmup), "--channels-last"]
 
     jax_env, torch_env = child_env(args.malloc), child_env(args.torch_malloc)
@@ -744,11 +747,11 @@ def run_suite(args) -> list[dict]:
                 emit(record, records)
             elif name == "infer_x4":
                 for size in ((64, 128) if args.quick else (128, 256)):
-                    cmd = jax_cmd("infer", "--lr-size", str(size), *common)
+                    cmd = jax_cmd("infer", "--lr_size", str(size), *common)
                     tcmd = torch_cmd(args.compare_torch, "infer", torch_infer_opts(size)) if args.compare_torch else None
                     record = alternate(f"infer_x4_{size}", cmd, tcmd)
                     if tcmd is not None and args.lockstep:
-                        argv = ["--mode", "infer", "--lr-size", str(size), *quick]
+                        argv = ["--mode", "infer", "--lr_size", str(size), *quick]
                         record.update(lockstep(argv, args.compare_torch, argv, args.lockstep, jax_env, torch_env))
                     emit(record, records)
             elif name == "breakdown_x4":
@@ -856,19 +859,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="smoke run: small models, few steps")
-    parser.add_argument("--compare-torch", metavar="PYTHON", default=None,
+    parser.add_argument("--compare_torch", metavar="PYTHON", default=None,
                         help="python of a venv with torch: alternate with the PyTorch peer")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per run (default 10; quick 3)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=0,
                         help="alternating runs per compared benchmark (default 3; quick 1)")
-    parser.add_argument("--pipeline-seconds", type=float, default=10.0)
+    parser.add_argument("--pipeline_seconds", type=float, default=10.0)
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned",
                         help="glibc malloc settings for the JAX processes (see TUNED_MALLOC)")
-    parser.add_argument("--torch-malloc", choices=("default", "tuned"), default="default",
+    parser.add_argument("--torch_malloc", choices=("default", "tuned"), default="default",
                         help="the same for the PyTorch peer")
     parser.add_argument("--lockstep", type=int, default=10, metavar="PAIRS",
-                        help="with --compare-torch: also alternate PAIRS single steps of two warm "
+                        help="with --compare_torch: also alternate PAIRS single steps of two warm "
                              "servers (robust to load from other processes); 0 turns it off")
     parser.add_argument("--variants", default="",
                         help=f"variants_x4: comma-separated subset of {', '.join(VARIANTS)}")
@@ -876,7 +879,7 @@ def main() -> None:
     parser.add_argument("--markdown", metavar="PATH", default=None, help="also write the table here")
     args = parser.parse_args()
     if args.compare_torch and not TORCH_PEER.is_file():
-        sys.exit(f"--compare-torch: {TORCH_PEER} not found")
+        sys.exit(f"--compare_torch: {TORCH_PEER} not found")
     records = run_suite(args)
     table = markdown(records)
     print(table, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Checkpoints: orbax `CheckpointManager` for training, and loading a model for inference.
+"""Checkpoints: orbax `CheckpointManager` for training, and the parameters alone for inference.
 
 Layout of a run: ``<workdir>/config.json`` and ``<workdir>/checkpoints/<step>/`` with two
 items, ``state`` (the whole `TrainState`) and ``data`` (the input stream's position of
@@ -17,13 +17,16 @@ What survives a crash:
   anything is restored or compiled (`check_compatible`).
 * Errors writing a checkpoint (full disk, read-only folder) are one-line `OSError`\\s naming
   the folder; the earlier checkpoints are untouched (orbax deletes old steps only after a
-  new one is complete).
+  new one is complete). Orbax also logs such a failure, with tracebacks, from its background
+  threads; entry points that want one line only run inside :func:`quiet_storage_errors`.
+
+Nothing here changes process-wide state unless :func:`quiet_storage_errors` is entered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
 import logging
 import os
 import pathlib
@@ -32,21 +35,20 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from drn_jax import config as config_lib
-from drn_jax.config import ConfigError
+from drn_jax.errors import ConfigError, one_line
+from drn_jax.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_SUFFIX = ".unreadable"
 
 # Config fields that decide the structure of the saved state: resuming with other values
@@ -54,16 +56,9 @@ UNREADABLE_SUFFIX = ".unreadable"
 STATE_FIELDS = ("scale", "model.features", "model.modules_per_block", "model.dual",
                 "model.progressive", "model.image_residual")
 
-# Test-only hook: "<seconds>" or "<step>:<seconds>". Every checkpoint commit (or only that
-# step's) prints "test hook: committing checkpoint <path>" to stderr, then sleeps that long
-# before orbax's final rename, so tests can kill a run while a save is in flight. Never set
-# it otherwise.
-TEST_COMMIT_DELAY_ENV = "DRN_TEST_COMMIT_DELAY"
-
 
 def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) if str(err).strip() else type(err).__name__
-    return text[:300]
+    return one_line(err, 300)
 
 
 # tensorstore (which orbax writes through) raises ValueError("RESOURCE_EXHAUSTED: ... No space
@@ -127,10 +122,9 @@ class _QuietStorageErrors(logging.Filter):
 
 
 _QUIET = _QuietStorageErrors()
-_previous_hooks: dict[str, Any] = {}
 
 
-def _unraisablehook(unraisable) -> None:
+def _unraisablehook(previous, unraisable) -> None:
     # After a failed write, tensorstore's callbacks into orbax's closed event loop raise
     # "Event loop is closed" with no object to blame, possibly before the failure is logged;
     # Python would print each traceback.
@@ -139,62 +133,68 @@ def _unraisablehook(unraisable) -> None:
                    and "Event loop is closed" in str(error))
     if not os.environ.get("DRN_DEBUG") and (closed_loop or (_storage_failed.is_set() and _is_teardown_noise(error))):
         return
-    _previous_hooks["unraisable"](unraisable)
+    previous(unraisable)
 
 
-def _threading_excepthook(args) -> None:
+def _threading_excepthook(previous, args) -> None:
     # An orbax worker thread that dies of the write error already reported in one line.
     if (not os.environ.get("DRN_DEBUG") and _through_orbax(args.exc_traceback)
             and (_is_storage_error(args.exc_value) or _is_teardown_noise(args.exc_value))):
         _storage_failed.set()
         return
-    _previous_hooks["thread"](args)
+    previous(args)
 
 
-def _quiet_storage_errors() -> None:
-    """Installs the filters above (once): they only drop orbax's noise about failed writes."""
-    for name in ("absl", "asyncio", "concurrent.futures"):
-        target = logging.getLogger(name)
-        if _QUIET not in target.filters:
-            target.addFilter(_QUIET)
-    if sys.unraisablehook is not _unraisablehook:
-        _previous_hooks["unraisable"] = sys.unraisablehook
-        sys.unraisablehook = _unraisablehook
-    if threading.excepthook is not _threading_excepthook:
-        _previous_hooks["thread"] = threading.excepthook
-        threading.excepthook = _threading_excepthook
+def install_quiet_storage_errors() -> Callable[[], None]:
+    """Drops orbax's background noise about a failed write until the returned function is called.
+
+    The failure itself still surfaces as the one-line `OSError` of `Checkpointer`; only the
+    tracebacks orbax logs from its threads and asyncio tasks, and the errors its closed event
+    loop raises at interpreter teardown, are dropped (DRN_DEBUG=1 keeps them). It installs logging
+    filters and ``sys.unraisablehook`` / ``threading.excepthook`` wrappers: for entry points
+    (train.py installs it for the whole process, teardown included), not for library code.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+    added = [target for target in loggers if _QUIET not in target.filters]
+    for target in added:
+        target.addFilter(_QUIET)
+    previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = lambda unraisable: _unraisablehook(previous_unraisable, unraisable)
+    threading.excepthook = lambda args: _threading_excepthook(previous_thread, args)
+
+    def uninstall() -> None:
+        sys.unraisablehook, threading.excepthook = previous_unraisable, previous_thread
+        for target in added:
+            target.removeFilter(_QUIET)
+        _storage_failed.clear()
+
+    return uninstall
 
 
-def _temporary_path_class():
-    setting = os.environ.get(TEST_COMMIT_DELAY_ENV)
-    if not setting:
-        return None  # orbax's default
-    import asyncio
-
-    from orbax.checkpoint._src.path import atomicity
-
-    step, _, seconds = setting.rpartition(":")
-
-    class _SlowCommit(atomicity.AtomicRenameTemporaryPath):
-        async def finalize(self, *args, **kwargs):
-            if not step or self.get_final().name == step:
-                print(f"test hook: committing checkpoint {self.get()}", file=sys.stderr, flush=True)
-                await asyncio.sleep(float(seconds))
-            return await super().finalize(*args, **kwargs)
-
-    return _SlowCommit
+@contextlib.contextmanager
+def quiet_storage_errors() -> Iterator[None]:
+    """`install_quiet_storage_errors` for the duration of a block."""
+    uninstall = install_quiet_storage_errors()
+    try:
+        yield
+    finally:
+        uninstall()
 
 
 class Checkpointer:
-    """Saves and restores (TrainState, data positions) pairs under `directory`."""
+    """Saves and restores (TrainState, data positions) pairs under `directory`.
 
-    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+    `temporary_path_class` is orbax's (``None``: its atomic rename); tests pass one that holds
+    the commit open to kill a run inside it.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True,
+                 temporary_path_class: Any = None):
         self.directory = pathlib.Path(directory).absolute()
-        _quiet_storage_errors()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             # A run killed during a save leaves <step>.orbax-checkpoint-tmp behind.
-            cleanup_tmp_directories=True, temporary_path_class=_temporary_path_class())
+            cleanup_tmp_directories=True, temporary_path_class=temporary_path_class)
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
             self._manager.all_steps()  # surfaces an unreadable folder here, not later
@@ -263,7 +263,6 @@ class Checkpointer:
                 source.rename(target)
                 logger.warning("%s: unreadable checkpoint moved to %s", source, target.name)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("drn_jax_checkpoint_set_aside")
         self._manager.reload()
 
@@ -319,22 +318,17 @@ class Checkpointer:
                 pass
 
 
-def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def check_compatible(workdir: str | pathlib.Path | RunDir, config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` when `workdir`'s saved config describes another model.
 
     Resuming restores the saved state into `config`'s model, so the fields in
     `STATE_FIELDS` (and whether a parameter EMA is kept) must match the saved
     ``config.json``. Checked before restoring, so nothing is compiled or overwritten.
     """
-    workdir = pathlib.Path(workdir)
-    path = workdir / CONFIG_FILE
-    if not path.is_file():
+    run = workdir if isinstance(workdir, RunDir) else RunDir(workdir)
+    if not run.has_config():
         return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the saved config ({_first_line(err)}); "
-                          "use a new --workdir") from None
+    saved = run.saved_config()
 
     def get(tree, dotted):
         for key in dotted.split("."):
@@ -353,58 +347,36 @@ def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigD
     if old_ema is not None and (old_ema > 0) != (config.ema_decay > 0):
         differences.append(f"ema_decay {old_ema!r} saved, {config.ema_decay!r} requested")
     if differences:
-        raise ConfigError(f"{workdir} holds checkpoints of another model ({'; '.join(differences)}); "
+        raise ConfigError(f"{run.path} holds checkpoints of another model ({'; '.join(differences)}); "
                           "use a new --workdir or the same config")
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a run saved in `workdir/config.json`."""
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; is {workdir} a training workdir?")
-    return config_lib.from_saved(json.loads(path.read_text()))
+def latest_step(run: RunDir) -> int | None:
+    """The newest complete checkpoint step of `run`, or None."""
+    steps = run.saved_steps()
+    return steps[-1] if steps else None
 
 
-def load_for_inference(workdir: str | pathlib.Path | None = None, checkpoint: str | pathlib.Path | None = None
-                       ) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
-    """(config, model, variables) from a run's latest checkpoint or from one step folder.
+def restore_params(run: RunDir, step: int | None, abstract_params: Any, *, ema: bool) -> tuple[Any, int]:
+    """``(params, step)``: the parameters alone (or their EMA) of a checkpoint, for inference.
 
-    Args:
-      workdir: a training workdir; its latest checkpoint is used.
-      checkpoint: a step folder ``<workdir>/checkpoints/<step>``; overrides `workdir`.
+    Only the ``params`` (or ``ema_params``) subtree of the saved state is read: no optimiser
+    moments, no step counter. `abstract_params` (``jax.ShapeDtypeStruct``s with shardings) gives
+    the structure, dtypes and placement. `step` None takes the newest checkpoint.
 
-    The parameter EMA is used when the run kept one. Raises `FileNotFoundError` with a
-    one-line message when there is no checkpoint.
+    Raises ``FileNotFoundError`` with a one-line message when there is no such checkpoint.
     """
-    from drn_jax import training  # deferred: training pulls in optax and the model
-
-    if checkpoint is not None:
-        step_dir = pathlib.Path(checkpoint).absolute()
-        if not step_dir.is_dir() or not step_dir.name.isdigit():
-            raise FileNotFoundError(f"{step_dir}: not a checkpoint step folder (<workdir>/checkpoints/<step>)")
-        workdir, step = step_dir.parent.parent, int(step_dir.name)
-    elif workdir is not None:
-        step = None
-    else:
-        raise ValueError("give a workdir or a checkpoint")
-    workdir = pathlib.Path(workdir)
-    if not (workdir / CHECKPOINT_DIR).is_dir():
-        raise FileNotFoundError(f"no checkpoint in {workdir}; run `python train.py --workdir={workdir}` first")
-    config = load_config(workdir)
-    model = training.create_model(config)
-    abstract = jax.eval_shape(lambda: training.create_train_state(
-        config, model, training.create_optimizer(config), jax.random.key(0)))
-    # Onto this process's first device, whatever topology saved it (e.g. a pod slice).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)
-    manager = ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute(), item_names=("state", "data"))
-    try:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise FileNotFoundError(f"no checkpoint in {workdir}; run `python train.py --workdir={workdir}` first")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    finally:
-        manager.close()
-    state = restored.state
-    params = state.ema_params if state.ema_params is not None else state.params
-    return config, model, {"params": params}
+    step = latest_step(run) if step is None else step
+    if step is None or step not in run.saved_steps():
+        raise FileNotFoundError(f"no checkpoint in {run.path}; run `python train.py --workdir={run.path}` first")
+    key = "ema_params" if ema else "params"
+    item = {key: abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    path = (run.checkpoints / str(step) / "state").absolute()
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True))
+        except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types
+            raise OSError(f"{path}: cannot read the checkpoint's parameters ({_first_line(err)})") from None
+    return restored[key], step

@@ -1,4 +1,10 @@
-"""What the command-line tools share: user errors as one line, never a traceback."""
+"""What the command-line tools share: absl flags with underscores, and errors as one line.
+
+Every entry point (train.py, eval.py, drn-upscale, ``python -m drn_jax.pretrained``) parses its
+flags with :func:`parse_flags` and runs inside :func:`user_errors`, the one error printer:
+``error: <one line>`` on stderr, exit status 2 for what the user can fix, 1 for a run that
+stopped by itself. Set DRN_DEBUG=1 for the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,18 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 
-from drn_jax.config import ConfigError
-from drn_jax.image_io import ImageReadError
+from absl import flags
+from ml_collections import config_flags
 
-# OSError covers missing files, unwritable folders and a full disk.
-USER_ERRORS = (ConfigError, ImageReadError, OSError, ValueError)
+from drn_jax.errors import USER_ERRORS, RunError, one_line
 
-
-class RunError(RuntimeError):
-    """A run stopped by something it cannot fix itself (a non-finite loss); one-line message."""
+__all__ = ["define_config_file", "parse_flags", "print_error", "user_errors"]
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+def print_error(message: str | BaseException) -> None:
+    """``error: <one line>`` on stderr."""
+    text = one_line(message) if isinstance(message, BaseException) else " ".join(message.split())
+    print(f"error: {text}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -35,31 +40,31 @@ def user_errors(exit_code: int = 2) -> Iterator[None]:
     except RunError as err:
         if os.environ.get("DRN_DEBUG"):
             raise
-        print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+        print_error(err)
         sys.exit(1)
     except USER_ERRORS as err:
         if os.environ.get("DRN_DEBUG"):
             raise
-        print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+        print_error(err)
         sys.exit(exit_code)
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> list[str]:
     """absl's flag parsing, with `error: <one line>` and exit status 2 for every bad flag.
 
-    Use as ``app.run(main, flags_parser=cli.parse_flags)``. absl itself prints two lines for
-    a bad value, and a traceback for an override of a config field that does not exist
-    (ml_collections raises KeyError/AttributeError while parsing).
+    Use as ``app.run(main, flags_parser=cli.parse_flags)``, or with a private `flag_values` in a
+    console script. Returns the arguments that are not flags (``argv[0]`` first). absl itself
+    prints two lines for a bad value, and a traceback for an override of a config field that
+    does not exist (ml_collections raises KeyError/AttributeError while parsing).
     """
-    from absl import flags
-
+    values = flags.FLAGS if flag_values is None else flag_values
     try:
-        return flags.FLAGS(list(argv))
+        return values(list(argv))
     except flags.Error as err:
-        message = _one_line(err)
+        message = one_line(err)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         message = _unknown_field_message(argv, err)
-    print(f"error: {message}; see --helpfull", file=sys.stderr, flush=True)
+    print_error(f"{message}; see --helpfull")
     sys.exit(2)
 
 
@@ -69,12 +74,10 @@ def define_config_file(name: str, default: str, help_string: str, **kwargs):
     ml_collections looks up ``--<name>.<field>=...`` overrides when the flag is defined (at
     import) and raises KeyError/AttributeError with a traceback for a field the config lacks.
     """
-    from ml_collections import config_flags
-
     try:
         return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
     except (AttributeError, KeyError) as err:
-        print(f"error: {_unknown_field_message(sys.argv, err)}; see --helpfull", file=sys.stderr, flush=True)
+        print_error(f"{_unknown_field_message(sys.argv, err)}; see --helpfull")
         sys.exit(2)
 
 

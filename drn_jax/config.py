@@ -2,7 +2,9 @@
 
 Every config in `configs/` starts from `base_config()` and overrides what differs,
 so the field names below are the whole vocabulary (`--config.loss.name=l1` etc.).
-Defaults marked "guess" are where ../shared/paper/METHOD.md says the paper is silent.
+Defaults marked "guess" are where the paper is silent (docs/method.md#guesses). The loss
+hyper-parameters (``loss.lam``, ...) are the ones the registered losses declare
+(`drn_jax.losses.LOSSES`), so a new loss with a new hyper-parameter needs no edit here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from typing import Any
 
 import ml_collections
 
-SCALES = (2, 4, 8)
+from drn_jax import losses
+from drn_jax.errors import ConfigError
+from drn_jax.ops import CONV_ALGORITHMS
+from drn_jax.scales import MODEL_SCALES
+
 DTYPES = ("float32", "bfloat16")
 DUAL_TARGETS = ("pyramid", "prediction")
 
@@ -24,17 +30,23 @@ def base_config() -> ml_collections.ConfigDict:
     config.scale = 4
 
     config.model = ml_collections.ConfigDict()
-    config.model.features = 64  # guess (METHOD.md): gives the paper's ~1.34M parameters at x4
+    config.model.features = 64  # guess (docs/method.md): gives the paper's ~1.34M parameters at x4
     config.model.modules_per_block = 7  # 14 modules at x4, 21 at x8
     config.model.dual = True
     config.model.progressive = True
-    config.model.image_residual = False  # METHOD.md option, off as in the paper
+    config.model.image_residual = False  # a LapSRN-style option (docs/method.md#network), off as in the paper
     config.model.dtype = "float32"  # computation dtype; "bfloat16" on accelerators
+    # 3x3 convolutions: auto (Winograd on CPU, XLA's elsewhere), winograd, or xla (backend-neutral;
+    # what exports use). Not part of the parameters: a run can be evaluated with another.
+    config.model.conv = "auto"
     config.model.remat = False  # recompute residual modules in the backward pass: less memory
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.name = "gs"  # gs | l1 | mse | gradient | pixel_gradient
-    config.loss.lam = 2.0  # Table 6's best; METHOD.md, medium confidence
+    config.loss.name = "gs"  # a name in drn_jax.losses.LOSSES: gs | l1 | mse | gradient | pixel_gradient
+    # Every hyper-parameter a registered loss declares, at its declared default (lam: 2.0, Table
+    # 6's best; medium confidence, docs/method.md#guesses).
+    for name, value in losses.hyperparameter_defaults().items():
+        config.loss[name] = value
     config.loss.dual_weight = 0.1  # the authors' later code; the paper shows no weight
     config.loss.dual_target = "pyramid"  # t_{i-1} = y_{i-1}; "prediction" uses Î_{i-1}
 
@@ -50,7 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_train_steps = 1_000_000
     config.learning_rate = 1e-4
     config.lr_decay_every = 400_000  # guess: the interval was lost in extraction
-    config.lr_decay_factor = 0.1
+    config.lr_decay_factor = 0.1  # step: the factor per decay; cosine: the final fraction
+    config.lr_schedule = "step"  # step (the paper) | cosine
+    config.warmup_steps = 0  # linear warm-up from 0 over this many steps
     config.adam_b1 = 0.9
     config.adam_b2 = 0.999
     config.adam_eps = 1e-8
@@ -63,10 +77,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
     return config
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field and the fix."""
 
 
 def override(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -106,15 +116,15 @@ def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> None:
     """Raises `ConfigError` for settings that cannot train, before anything compiles."""
-    from drn_jax import losses  # no TF/Flax: cheap
-
-    if config.scale not in SCALES:
-        raise ConfigError(f"scale={config.scale} is not supported; use one of {', '.join(map(str, SCALES))}")
+    if config.scale not in MODEL_SCALES:
+        raise ConfigError(f"scale={config.scale} is not supported; use one of {', '.join(map(str, MODEL_SCALES))}")
     if config.loss.name not in losses.LOSSES:
         raise ConfigError(
             f"loss.name={config.loss.name!r} is unknown; use one of {', '.join(sorted(losses.LOSSES))}")
     if config.loss.dual_target not in DUAL_TARGETS:
         raise ConfigError(f"loss.dual_target={config.loss.dual_target!r} is unknown; use one of {DUAL_TARGETS}")
+    if config.model.conv not in CONV_ALGORITHMS:
+        raise ConfigError(f"model.conv={config.model.conv!r} is unknown; use one of {', '.join(CONV_ALGORITHMS)}")
     if config.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={config.model.dtype!r} is unknown; use one of {DTYPES}")
     patch = config.data.hr_patch_size
@@ -128,6 +138,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
             f"use a multiple of {num_devices}, e.g. {num_devices * max(1, round(config.batch_size / num_devices))}")
     if config.batch_size % num_processes:
         raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {num_processes} processes")
+    if config.lr_schedule not in ("step", "cosine"):
+        raise ConfigError(f"lr_schedule={config.lr_schedule!r} is unknown; use step or cosine")
+    if not 0 <= config.warmup_steps < config.num_train_steps:
+        raise ConfigError(f"warmup_steps={config.warmup_steps} must be in [0, num_train_steps)")
     for field in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps",
                   "lr_decay_every", "keep_checkpoints"):
         if config[field] < 1:

@@ -1,6 +1,6 @@
 """Benchmark evaluation under the community protocol, and the validator used during training.
 
-The protocol (``shared/paper/METHOD.md``, "Evaluation"), applied to every image:
+The protocol (docs/method.md#evaluation), applied to every image:
 
 1. the HR image is mod-cropped to a multiple of the scale (:func:`drn_jax.resize.modcrop`);
    greyscale files are read as RGB with the grey value replicated, which leaves Y unchanged;
@@ -11,7 +11,7 @@ The protocol (``shared/paper/METHOD.md``, "Evaluation"), applied to every image:
    (:func:`drn_jax.metrics.score_y`), averaged over the images of a dataset.
 
 Datasets are ``<data_dir>/<Name>/HR/`` image folders (Set5, Set14, B100, Urban100, Manga109) or
-source strings of :mod:`drn_jax.input_pipeline` (``samples:val``, ``folder:PATH``, ``tfds:...``).
+source strings of :mod:`drn_jax.data` (``samples:val``, ``folder:PATH``, ``tfds:...``).
 
 :func:`run` is ``eval.py``: it writes ``results.json`` (``{"<dataset>": {"psnr", "ssim",
 "gradient_psnr", "images"}}`` for the evaluated method, metadata under ``"_meta"``),
@@ -35,8 +35,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from drn_jax import image_io, inference, metrics, plots
+from drn_jax import data, image_io, inference, loading, metrics, models, plots
+from drn_jax.files import write_atomic, write_json
 from drn_jax.resize import imresize, modcrop
+from drn_jax.rundir import DEFAULT_WORKDIR, RunDir
+from drn_jax.scales import BICUBIC_SCALES
 
 __all__ = [
     "METRICS",
@@ -58,8 +61,7 @@ __all__ = [
 ]
 
 PAPER_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
-METRICS = ("psnr", "ssim", "gradient_psnr")
-DEFAULT_WORKDIR = "runs/default"
+METRICS = metrics.METRICS
 PRETRAINED_OUTPUT = "runs/pretrained-{name}/eval"  # eval.py --pretrained's default --output_dir
 DEFAULT_VAL = "samples:val"  # the default config's held-out photos
 BICUBIC, DRN = "Bicubic", "DRN"
@@ -108,9 +110,7 @@ def open_dataset(spec: str, data_dir: str | pathlib.Path | None = None) -> Datas
     dataset; unreadable images raise :class:`~drn_jax.image_io.ImageReadError` when read.
     """
     if ":" in spec:
-        from drn_jax import input_pipeline  # deferred: it may import TensorFlow
-
-        images = input_pipeline.load_images(spec)
+        images = data.load_images(spec)
         if not images:
             raise ValueError(f"{spec}: holds no images")
         return Dataset(spec, [name for name, _ in images],
@@ -180,13 +180,19 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ImageScore:
+    """One method's scores (``{metric name: value}``, the metrics of `METRICS`) on one image."""
+
     dataset: str
     image: str
     method: str
-    psnr: float
-    ssim: float
-    gradient_psnr: float
+    scores: Mapping[str, float]
     seconds: float  # time to upscale (not to score)
+
+    def __getattr__(self, name: str) -> float:  # row.psnr, row.ssim, ...
+        try:
+            return self.__dict__["scores"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclasses.dataclass
@@ -204,8 +210,7 @@ class Results:
         for dataset in self.datasets:
             rows = [r for r in self.images if r.method == method and r.dataset == dataset]
             if rows:
-                table[dataset] = {name: float(np.mean([getattr(r, name) for r in rows]))
-                                  for name in METRICS}
+                table[dataset] = {name: float(np.mean([r.scores[name] for r in rows])) for name in METRICS}
                 table[dataset]["images"] = len(rows)
         return table
 
@@ -262,7 +267,7 @@ def evaluate(methods: Mapping[str, inference.ImageUpscaler], datasets: Sequence[
                 sr = upscaler(lr)
                 seconds = time.perf_counter() - start
                 scores = _scores(sr, hr, scale)
-                results.images.append(ImageScore(dataset.name, name, method, seconds=seconds, **scores))
+                results.images.append(ImageScore(dataset.name, name, method, scores, seconds))
                 outputs.append((method, sr, scores["psnr"]))
                 if method == save_images:
                     image_io.write_png(output_dir / "images" / _file_name(dataset.name)
@@ -287,21 +292,35 @@ def _progress(total: int, description: str, enabled: bool):
 # Reports
 # ---------------------------------------------------------------------------
 
+def _columns() -> dict[str, list[str]]:
+    """Table cells per dataset: ``{cell label: [metric names]}`` from `METRICS`' ``column``s."""
+    columns: dict[str, list[str]] = {}
+    for name, spec in METRICS.items():
+        columns.setdefault(spec.column, []).append(name)
+    return columns
+
+
 def format_table(results: Results, *, markdown: bool = False) -> str:
-    """The paper's layout: one row per method; per dataset, PSNR/SSIM and gradient PSNR."""
+    """The paper's layout: one row per method; per dataset, PSNR/SSIM and gradient PSNR.
+
+    The cells come from `METRICS`: metrics that share a ``column`` share a cell, joined by ``/``.
+    """
     summaries = {method: results.summary(method) for method in results.methods}
     datasets = [d for d in results.datasets if any(d in s for s in summaries.values())]
+    columns = _columns()
 
     def cells(method: str) -> list[str]:
         out = []
         for dataset in datasets:
             entry = summaries[method].get(dataset)
-            out += ([f"{entry['psnr']:.2f}/{entry['ssim']:.4f}", f"{entry['gradient_psnr']:.2f}"]
-                    if entry else ["-", "-"])
+            for names in columns.values():
+                out.append("/".join(f"{entry[n]:.{METRICS[n].digits}f}" for n in names) if entry else "-")
         return out
 
+    width = len(columns)
+    short = {label: ("gPSNR" if label == "grad. PSNR" else label) for label in columns}
     if markdown:
-        header = ["Method", "Scale"] + [f"{d} {c}" for d in datasets for c in ("PSNR/SSIM", "grad. PSNR")]
+        header = ["Method", "Scale"] + [f"{d} {c}" for d in datasets for c in columns]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join([m, f"x{results.scale}"] + cells(m)) + " |" for m in results.methods]
         return "\n".join(lines) + "\n"
@@ -309,15 +328,19 @@ def format_table(results: Results, *, markdown: bool = False) -> str:
     counts = {d: max((s.get(d, {}).get("images", 0) for s in summaries.values()), default=0)
               for d in datasets}
     first = max(len("Method"), *(len(m) for m in results.methods))
-    widths = [max(13, len(d) + len(str(counts[d])) + 3) for d in datasets]
+    # Per dataset: the first cell as wide as the dataset's heading, the others as their labels.
+    widths = [[max(13, len(d) + len(str(counts[d])) + 3)] + [max(6, len(short[c])) for c in list(columns)[1:]]
+              for d in datasets]
     top = f"{'x' + str(results.scale):<{first}}  " + "  ".join(
-        f"{f'{d} ({counts[d]})':<{w}}  {'':<6}" for d, w in zip(datasets, widths))
-    sub = f"{'Method':<{first}}  " + "  ".join(f"{'PSNR/SSIM':<{w}}  {'gPSNR':<6}" for w in widths)
+        "  ".join([f"{f'{d} ({counts[d]})':<{w[0]}}"] + [f"{'':<{x}}" for x in w[1:]])
+        for d, w in zip(datasets, widths))
+    sub = f"{'Method':<{first}}  " + "  ".join(
+        "  ".join(f"{short[c]:<{x}}" for c, x in zip(columns, w)) for w in widths)
     rows = []
     for method in results.methods:
         values = cells(method)
         rows.append(f"{method:<{first}}  " + "  ".join(
-            f"{values[2 * i]:<{w}}  {values[2 * i + 1]:<6}" for i, w in enumerate(widths)))
+            "  ".join(f"{values[i * width + j]:<{x}}" for j, x in enumerate(w)) for i, w in enumerate(widths)))
     return "\n".join([top.rstrip(), sub.rstrip(), *(r.rstrip() for r in rows)]) + "\n"
 
 
@@ -329,8 +352,6 @@ def write_results(results: Results, output_dir: str | pathlib.Path, method: str,
     ``method`` and ``"_meta"``: ``meta`` plus the scale, method and the other methods' rows
     (e.g. ``"_meta": {"bicubic": {...}}``). Files are replaced atomically.
     """
-    from drn_jax.reporting import write_json
-
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = dict(results.summary(method))
@@ -343,7 +364,7 @@ def write_results(results: Results, output_dir: str | pathlib.Path, method: str,
 
     notes = ", ".join(f"{d}: {n} images" for d, n in
                       ((d, e["images"]) for d, e in results.summary(method).items()))
-    _write_text(paths["md"], f"# Evaluation x{results.scale}\n\n" + format_table(results, markdown=True)
+    write_atomic(paths["md"], f"# Evaluation x{results.scale}\n\n" + format_table(results, markdown=True)
                 + f"\nY channel, {results.scale} pixels shaved; {notes}. "
                 "grad. PSNR: PSNR between the gradient magnitudes of the Y channels.\n")
 
@@ -351,16 +372,11 @@ def write_results(results: Results, output_dir: str | pathlib.Path, method: str,
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["dataset", "image", "method", *METRICS, "seconds"])
     for row in results.images:
-        writer.writerow([row.dataset, row.image, row.method, f"{row.psnr:.4f}", f"{row.ssim:.6f}",
-                         f"{row.gradient_psnr:.4f}", f"{row.seconds:.4f}"])
-    _write_text(paths["csv"], buffer.getvalue())
+        writer.writerow([row.dataset, row.image, row.method,
+                         *(f"{row.scores[n]:.{spec.digits + 2}f}" for n, spec in METRICS.items()),
+                         f"{row.seconds:.4f}"])
+    write_atomic(paths["csv"], buffer.getvalue())
     return paths
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 # ---------------------------------------------------------------------------
@@ -411,17 +427,11 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
     if options.pretrained and options.checkpoint:
         raise ValueError("give --pretrained or --checkpoint, not both")
     if options.method == "model":
-        from drn_jax import checkpointing, models
-
-        if options.pretrained:
-            from drn_jax import pretrained
-
-            config, model, variables = pretrained.load(options.pretrained)
-        elif workdir is None:
+        if not options.pretrained and workdir is None:
             raise ValueError("--method=model needs --workdir, --checkpoint or --pretrained")
-        else:
-            config, model, variables = checkpointing.load_for_inference(
-                workdir=None if options.checkpoint else workdir, checkpoint=options.checkpoint)
+        config, model, variables = loading.load_model(
+            pretrained=options.pretrained, checkpoint=options.checkpoint,
+            workdir=None if options.checkpoint else workdir)
         if options.scale is not None and options.scale != model.scale:
             raise ValueError(f"the checkpoint's model upscales x{model.scale}; "
                              f"drop --scale or pass --scale={model.scale}")
@@ -446,8 +456,8 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
         methods = {BICUBIC: inference.BicubicUpscaler(scale)}
         meta = {"label": label, "parameters": 0}
         config = _saved_config(workdir)
-    if scale not in (2, 3, 4, 8):
-        raise ValueError(f"--scale={scale} is not supported; use 2, 3, 4 or 8")
+    if scale not in BICUBIC_SCALES:
+        raise ValueError(f"--scale={scale} is not supported; use {', '.join(map(str, BICUBIC_SCALES))}")
 
     specs = list(options.datasets)
     if not specs:
@@ -467,7 +477,7 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
     elif options.pretrained:
         output_dir = pathlib.Path(PRETRAINED_OUTPUT.format(name=options.pretrained))
     else:
-        output_dir = (workdir or pathlib.Path(DEFAULT_WORKDIR)) / "eval"
+        output_dir = RunDir(workdir or DEFAULT_WORKDIR).eval_dir
 
     start = time.perf_counter()
     results = evaluate(methods, datasets, scale, output_dir=output_dir,
@@ -489,11 +499,9 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
 
 def _saved_config(workdir: pathlib.Path | None):
     """The config saved in ``workdir``, or None when there is no run there."""
-    if workdir is None or not (workdir / "config.json").is_file():
+    if workdir is None or not RunDir(workdir).has_config():
         return None
-    from drn_jax import checkpointing
-
-    return checkpointing.load_config(workdir)
+    return RunDir(workdir).load_config()
 
 
 def _saved_scale(workdir: pathlib.Path | None) -> int | None:

@@ -16,11 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import struct
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from drn_jax.errors import ImageReadError
+from drn_jax.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +35,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 PathLike = str | os.PathLike
-
-# read_image enforces its own limit (--max_pixels) from the header, with a message that
-# says how to raise it; Pillow's fixed limit would refuse first and name its own value.
-Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be used; `str(err)` is a one-line message."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def list_images(folder: PathLike) -> list[pathlib.Path]:
@@ -76,22 +67,37 @@ def expand_inputs(inputs: Iterable[PathLike]) -> list[pathlib.Path]:
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+    """(height, width) from the file header, without decoding the pixels.
+
+    Pillow's own decompression-bomb check is not applied here (it would refuse to even report
+    the size): callers compare the size with their own ``max_pixels``.
+    """
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        with open(path, "rb") as file:
+            prefix = file.read(16)
+            Image.init()
+            for kind in Image.ID:  # what Image.open does, less its size check
+                factory, accept = Image.OPEN[kind]
+                try:
+                    if accept is not None and not accept(prefix):
+                        continue
+                    file.seek(0)
+                    width, height = factory(file, str(path)).size
+                except (SyntaxError, IndexError, TypeError, ValueError, struct.error):
+                    continue  # not this format: Image.open tries the next one too
+                return height, width
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(path, f"not a readable image ({_describe(err)})") from None
-    return height, width
+    raise ImageReadError(path, f"not a readable image (cannot identify image file {str(path)!r})")
 
 
-def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False) -> np.ndarray:
     """Decodes `path` into an 8-bit RGB array of shape (H, W, 3).
 
     Greyscale is replicated to three channels, alpha is dropped (the colour channels
     are kept as stored), CMYK and palette images are converted by Pillow, and 16-bit
     images are reduced to 8 bits (value * 255 / 65535, rounded). Each conversion is
-    logged once, naming the file.
+    logged, naming the file, unless `quiet` (a file decoded once per training crop).
 
     Raises:
       ImageReadError: the file is missing, not an image, truncated or corrupt, or its
@@ -100,6 +106,10 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     path = pathlib.Path(path)
     if not path.is_file():
         raise ImageReadError(path, "no such file")
+    height, width = image_size(path)
+    if width * height > max_pixels:
+        raise ImageReadError(path, f"header declares {width}x{height} pixels, over the limit of "
+                             f"{max_pixels} (a decompression bomb?); raise --max_pixels if it is real")
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below, with a clearer message.
@@ -115,7 +125,7 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
                 if width < 1 or height < 1:
                     raise ImageReadError(path, f"empty image ({width}x{height})")
                 image.load()
-                pixels = _to_rgb8(path, image)
+                pixels = _to_rgb8(path, image, _no_notes if quiet else logger.log)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:
@@ -125,23 +135,27 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
     return pixels
 
 
-def _to_rgb8(path: pathlib.Path, image: Image.Image) -> np.ndarray:
+def _no_notes(level: int, message: str, *args) -> None:
+    pass
+
+
+def _to_rgb8(path: pathlib.Path, image: Image.Image, note: Callable[..., None]) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
-        logger.warning("%s: %s image reduced to 8 bits per channel", path, _mode_name(mode))
+        note(logging.WARNING, "%s: %s image reduced to 8 bits per channel", path, _mode_name(mode))
         gray = np.clip(np.floor(values * 255.0 / peak + 0.5), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
-    if mode in ("RGB;16", "RGBA;16") or (mode == "RGB" and np.asarray(image).dtype != np.uint8):
-        logger.warning("%s: 16-bit RGB reduced to 8 bits per channel", path)
+    if mode in ("RGB;16", "RGBA;16"):
+        note(logging.WARNING, "%s: 16-bit RGB reduced to 8 bits per channel", path)
     if mode != "RGB":
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-            logger.warning("%s: alpha channel dropped", path)
+            note(logging.WARNING, "%s: alpha channel dropped", path)
         elif mode in ("L", "1"):
-            logger.info("%s: greyscale image replicated to RGB", path)
+            note(logging.INFO, "%s: greyscale image replicated to RGB", path)
         elif mode != "P":
-            logger.warning("%s: %s image converted to RGB", path, mode)
+            note(logging.WARNING, "%s: %s image converted to RGB", path, mode)
         image = image.convert("RGB")
     pixels = np.asarray(image)
     if pixels.dtype != np.uint8:  # e.g. 16-bit RGB decoded as uint16
@@ -167,12 +181,8 @@ def write_png(path: PathLike, pixels: np.ndarray) -> None:
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
         raise TypeError(f"write_png expects uint8 pixels, got {pixels.dtype}")
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(
-        partial, format="PNG")
-    os.replace(partial, path)
+    image = Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
+    write_atomic(path, lambda file: image.save(file, format="PNG"))
 
 
 def read_images(paths: Sequence[PathLike], *, max_pixels: int = DEFAULT_MAX_PIXELS

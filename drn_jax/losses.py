@@ -2,7 +2,7 @@
 Gradient Sensitive Loss", arXiv 1809.07099): pure ``jax.numpy`` functions.
 
 Equation numbers refer to the paper; the equations themselves were lost in text extraction and
-are reconstructed in ``shared/paper/METHOD.md`` (mostly from the authors' later public code).
+are reconstructed in ``docs/method.md#losses`` (mostly from the authors' later public code).
 
 Conventions shared by every function here:
 
@@ -20,6 +20,7 @@ This module imports neither Flax nor TensorFlow, so that metrics and data code m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 
@@ -31,8 +32,10 @@ __all__ = [
     "AUTHORS_SQRT_EPS",
     "LOSSES",
     "LossFn",
+    "LossSpec",
     "drn_objective",
     "get_loss",
+    "hyperparameter_defaults",
     "gradient_loss",
     "gradient_mask",
     "gs_loss",
@@ -42,7 +45,7 @@ __all__ = [
     "pixel_gradient_loss",
 ]
 
-# The authors' code works on 0-255 values and uses these constants there (METHOD.md, Eq. 4).
+# The authors' code works on 0-255 values and uses these constants there (docs/method.md#eq-4-the-gradient-mask).
 AUTHORS_SQRT_EPS = 1e-4  # ε inside the square root of the gradient magnitude
 AUTHORS_DENOMINATOR_EPS = 1e-5  # ε' in the mask's min-max normalisation denominator
 _AUTHORS_MAX_VALUE = 255.0
@@ -103,7 +106,7 @@ def image_gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     cross-correlation with the kernel ``[1, 0, -1]`` along the width axis, computed for the
     valid positions only and zero-padded by one column on each side, so the first and last
     columns of ``grad_h`` are 0. ``grad_v`` is the same along the height axis (first and last
-    rows 0). This is the authors' operator (METHOD.md): not Sobel, not forward differences.
+    rows 0). This is the authors' operator (docs/method.md#eq-2-image-gradients-and-the-gradient-loss): not Sobel, not forward differences.
 
     Args:
       x: image(s) of shape ``(..., H, W, C)``, any real dtype and value range. Images narrower
@@ -131,7 +134,7 @@ def gradient_mask(target: jax.Array, max_value: float = 1.0) -> jax.Array:
     scale, rescaled to ``max_value`` (``ε · (max_value/255)²`` and ``ε' · max_value/255``).
 
     ``M`` is a constant for the optimiser: the result is wrapped in ``jax.lax.stop_gradient``
-    (METHOD.md, high confidence). ``ε`` keeps the square root away from 0 and ``ε'`` keeps a flat
+    (docs/method.md#eq-4-the-gradient-mask, high confidence). ``ε`` keeps the square root away from 0 and ``ε'`` keeps a flat
     image's mask at ``0 / ε' = 0`` instead of ``0 / 0``.
 
     Args:
@@ -243,7 +246,7 @@ def gs_loss(
 
     The gradient term works on the high-frequency part ``M⊙I``, the pixel term on the
     low-frequency part ``(1-M)⊙I``. Every mean runs over all ``B × H × W × C`` elements, zero
-    gradient borders included. λ = 2.0 is the paper's best value in its Table 6 (METHOD.md,
+    gradient borders included. λ = 2.0 is the paper's best value in its Table 6 (docs/method.md#guesses,
     medium confidence).
 
     Args:
@@ -267,34 +270,62 @@ def gs_loss(
 # Registry
 # ----------------------------------------------------------------------------------------------
 
-LOSSES: Mapping[str, Callable[..., jax.Array]] = {
-    "gs": gs_loss,
-    "l1": l1_loss,
-    "mse": mse_loss,
-    "gradient": gradient_loss,
-    "pixel_gradient": pixel_gradient_loss,
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A registered per-level loss.
+
+    Attributes:
+      fn: ``fn(pred, target, **hyperparameters[, max_value=...]) -> float32 scalar``.
+      hyperparameters: the keyword arguments the loss takes from ``config.loss``, with their
+        defaults; `drn_jax.config.base_config` creates a ``config.loss.<name>`` field for each.
+      takes_max_value: whether `fn` takes the images' white level ``max_value``.
+    """
+
+    fn: Callable[..., jax.Array]
+    hyperparameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    takes_max_value: bool = False
+
+
+LOSSES: dict[str, LossSpec] = {
+    "gs": LossSpec(gs_loss, {"lam": 2.0}, takes_max_value=True),
+    "l1": LossSpec(l1_loss),
+    "mse": LossSpec(mse_loss),
+    "gradient": LossSpec(gradient_loss),
+    "pixel_gradient": LossSpec(pixel_gradient_loss, {"lam": 2.0}),
 }
-"""Per-level losses by config name. :func:`get_loss` binds their hyper-parameters."""
+"""Per-level losses by config name. A new loss is a function and one line here."""
 
 
-def get_loss(name: str, lam: float = 2.0, max_value: float = 1.0) -> LossFn:
+def hyperparameter_defaults() -> dict[str, float]:
+    """Every hyper-parameter a registered loss declares, with its default (first declaration wins)."""
+    defaults: dict[str, float] = {}
+    for spec in LOSSES.values():
+        for name, value in spec.hyperparameters.items():
+            defaults.setdefault(name, value)
+    return defaults
+
+
+def get_loss(name: str, max_value: float = 1.0, **hyperparameters: float) -> LossFn:
     """The per-level loss called ``name``, as ``loss(pred, target) -> float32 scalar``.
 
     Args:
-      name: one of ``"gs"``, ``"l1"``, ``"mse"``, ``"gradient"``, ``"pixel_gradient"``.
-      lam: λ of ``gs`` (Eq. 5) and of ``pixel_gradient`` (Eq. 3); ignored by the others.
-      max_value: the white level; only ``gs`` uses it (for its epsilons).
+      name: a key of `LOSSES` (``"gs"``, ``"l1"``, ``"mse"``, ``"gradient"``, ``"pixel_gradient"``).
+      max_value: the white level, for losses that take it (``gs``, for its epsilons).
+      **hyperparameters: values for the hyper-parameters the loss declares (e.g. ``lam``, λ of
+        ``gs``, Eq. 5, and of ``pixel_gradient``, Eq. 3); missing ones take their declared
+        defaults, and those the loss does not declare are ignored, so one config's
+        ``loss.*`` fields serve every loss.
 
     Raises:
       ValueError: ``name`` is not a registered loss.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
-    if name == "gs":
-        return functools.partial(gs_loss, lam=lam, max_value=max_value)
-    if name == "pixel_gradient":
-        return functools.partial(pixel_gradient_loss, lam=lam)
-    return LOSSES[name]
+    spec = LOSSES[name]
+    kwargs = {key: hyperparameters.get(key, default) for key, default in spec.hyperparameters.items()}
+    if spec.takes_max_value:
+        kwargs["max_value"] = max_value
+    return functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,15 +356,15 @@ def drn_objective(
     dual_targets: Sequence[jax.Array] | None = None,
     *,
     loss: str = "gs",
-    lam: float = 2.0,
     dual_weight: float = 0.1,
     max_value: float = 1.0,
+    **hyperparameters: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The DRN training objective of Eqs. 6/7.
 
     ``L = Σ_i [ L_P(Î_i, y_i) + dual_weight · L_D(D_i(Î_i), t_{i-1}) ]``, with ``L_P`` and
     ``L_D`` both the per-level loss ``loss`` (``L_GS`` in the paper). ``dual_weight = 0.1`` is
-    the authors' later code; the paper shows no weight (METHOD.md: a config value).
+    the authors' later code; the paper shows no weight (docs/method.md#objective: a config value).
 
     Choosing the targets is the caller's job: ``y_i`` is the HR image bicubic-downsampled to
     level ``i`` (the HR itself at the last level); ``t_0`` is the LR input and ``t_{i-1}`` for
@@ -348,9 +379,9 @@ def drn_objective(
       dual_targets: the ``t_{i-1}``, same length and shapes as ``dual_outputs``; ``None`` iff
         ``dual_outputs`` is ``None``.
       loss: per-level loss name, see :func:`get_loss`.
-      lam: λ of the per-level loss (Eq. 5).
       dual_weight: ``w_D``, the weight of the dual terms.
       max_value: the white level of the images.
+      **hyperparameters: the per-level loss's hyper-parameters, e.g. ``lam`` (λ, Eq. 5).
 
     Returns:
       ``(total, terms)``: ``total`` a ``float32`` scalar; ``terms`` maps ``"primal"`` (sum of the
@@ -362,7 +393,7 @@ def drn_objective(
       ValueError: no primal level, mismatched level counts, mismatched shapes, only one of
         ``dual_outputs``/``dual_targets`` given, or an unknown loss name.
     """
-    level_loss = get_loss(loss, lam=lam, max_value=max_value)
+    level_loss = get_loss(loss, max_value=max_value, **hyperparameters)
     if len(primal_outputs) == 0:
         raise ValueError("primal_outputs must hold at least one level")
     _check_levels(primal_outputs, primal_targets, "primal")

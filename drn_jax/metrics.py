@@ -1,6 +1,6 @@
 """Image-quality metrics of the super-resolution literature, in ``jax.numpy``.
 
-Everything here follows the community's MATLAB evaluation protocol (METHOD.md, "Evaluation"),
+Everything here follows the community's MATLAB evaluation protocol (docs/method.md#evaluation),
 which the published numbers of DRN and its peers use:
 
 * luma ``Y`` of MATLAB ``rgb2ycbcr`` (:func:`rgb_to_y`), computed from the 8-bit images and
@@ -23,7 +23,9 @@ The metrics are jitted (compiled once per input shape, so eager evaluation loops
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,8 @@ from drn_jax.losses import image_gradients
 from drn_jax.resize import imresize, modcrop
 
 __all__ = [
+    "METRICS",
+    "MetricSpec",
     "SSIM_K1",
     "SSIM_K2",
     "SSIM_SIGMA",
@@ -253,7 +257,7 @@ def gradient_psnr(
 ) -> jax.Array:
     """"PSNR over image gradient" (the paper's Table 3), **reconstructed**.
 
-    The paper's definition was lost in extraction (METHOD.md, "Evaluation"); this is the
+    The paper's definition was lost in extraction (docs/method.md#evaluation); this is the
     reconstruction: the :func:`psnr` (peak ``max_value``) between the gradient-magnitude maps
     (:func:`gradient_magnitude`) of ``a`` and ``b``. Gradients are taken on the full images and
     then ``shave`` pixels are removed, so shaved-border values use their true neighbours (and,
@@ -296,6 +300,33 @@ def benchmark_luma(images: jax.Array) -> jax.Array:
     raise ValueError(f"expected 1 (grey) or 3 (RGB) channels; got shape {jnp.shape(images)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """A registered benchmark metric.
+
+    Attributes:
+      fn: ``fn(a, b, *, max_value, shave) -> (...)`` on ``(..., H, W, 1)`` lumas.
+      label: its name in tables (``PSNR``).
+      digits: decimals shown in tables.
+      column: the table cell it shares (``PSNR/SSIM``: the paper's layout); a metric of its
+        own has its label here.
+    """
+
+    fn: Callable[..., jax.Array]
+    label: str
+    digits: int
+    column: str
+
+
+METRICS: dict[str, MetricSpec] = {
+    "psnr": MetricSpec(psnr, "PSNR", 2, "PSNR/SSIM"),
+    "ssim": MetricSpec(ssim, "SSIM", 4, "PSNR/SSIM"),
+    "gradient_psnr": MetricSpec(gradient_psnr, "grad. PSNR", 2, "grad. PSNR"),
+}
+"""The metrics :func:`score_y` computes and eval.py's tables, JSON and CSV show, in order. A new
+metric is a function and one line here."""
+
+
 @functools.partial(jax.jit, static_argnames=("scale",))
 def score_y(sr: jax.Array, hr: jax.Array, scale: int) -> dict[str, jax.Array]:
     """The benchmark protocol's scores of 8-bit SR output(s) against the HR image(s).
@@ -320,15 +351,12 @@ def score_y(sr: jax.Array, hr: jax.Array, scale: int) -> dict[str, jax.Array]:
       scale: the SR factor, i.e. the pixels shaved from each border.
 
     Returns:
-      ``{"psnr": ..., "ssim": ..., "gradient_psnr": ...}``, each float32 ``(...)``.
+      ``{name: float32 (...)}`` for every metric in `METRICS` (``psnr``, ``ssim``,
+      ``gradient_psnr``).
     """
     _check_pair(sr, hr)
     y_sr, y_hr = benchmark_luma(sr), benchmark_luma(hr)
-    return {
-        "psnr": psnr(y_sr, y_hr, max_value=_LEVELS, shave=scale),
-        "ssim": ssim(y_sr, y_hr, max_value=_LEVELS, shave=scale),
-        "gradient_psnr": gradient_psnr(y_sr, y_hr, max_value=_LEVELS, shave=scale),
-    }
+    return {name: spec.fn(y_sr, y_hr, max_value=_LEVELS, shave=scale) for name, spec in METRICS.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("scale",))

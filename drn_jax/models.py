@@ -1,6 +1,6 @@
 """The DRN network (Guo et al., arXiv 1809.07099, Section 4.2) in Flax linen.
 
-Layout (METHOD.md "Network"; the same as the PyTorch peer ``shared/peers/torch_drn.py``)::
+Layout (docs/method.md#network; the same as the eager PyTorch DRN the benchmarks compare with)::
 
     LR (B, H, W, 3) --head conv3x3 3->F--> f_0                       (inside primal block 0)
     primal block i = 0 .. S-1, S = log2(scale), features at H·2^i × W·2^i:
@@ -13,12 +13,14 @@ Features, not images, flow from block to block; each block's image is a side out
 blocks are a training-time constraint: :meth:`DRN.upscale` skips them.
 
 Every convolution is 3×3 with bias and stride 1 unless stated, zero padding of one pixel on
-each side ("SAME" for stride 1). On CPU most of them are computed by the Winograd algorithm,
-which equals the direct convolution up to float32 rounding (see :func:`conv3x3`). The stride-2
-dual convolution also pads one pixel on each side, as PyTorch's ``padding=1``: its output has
-``ceil(H/2) × ceil(W/2)`` pixels (exactly ``H/2`` for even ``H``) and output pixel ``j`` is
-centred on input pixel ``2j``. (XLA's "SAME" would pad
-only at the bottom/right for even sizes, shifting the sampling grid against PyTorch's.)
+each side ("SAME" for stride 1). The stride-2 dual convolution also pads one pixel on each side,
+as PyTorch's ``padding=1``: its output has ``ceil(H/2) × ceil(W/2)`` pixels (exactly ``H/2`` for
+even ``H``) and output pixel ``j`` is centred on input pixel ``2j``. (XLA's "SAME" would pad
+only at the bottom/right for even sizes, shifting the sampling grid against PyTorch's.) They are
+computed by :func:`drn_jax.ops.conv3x3` with the algorithm the modules' ``conv`` attribute names
+(one of ``CONV_ALGORITHMS``): with the default ``"auto"``, on CPU most of them use the Winograd
+algorithm, which equals the direct convolution up to float32 rounding; ``"xla"`` always uses
+XLA's convolution.
 
 Initialisation: kernels use ``variance_scaling(1/3, "fan_in", "uniform")``, i.e. ``U(-b, b)``
 with ``b = 1/sqrt(9·C_in)``, which is exactly PyTorch's default ``Conv2d`` kernel init
@@ -34,17 +36,18 @@ clipped: clipping belongs to evaluation, and would zero the loss gradient of sat
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from drn_jax.ops import CONV_ALGORITHMS, check_conv_algorithm, conv3x3, pixel_shuffle
+from drn_jax.scales import MODEL_SCALES, num_levels
 
 __all__ = [
+    "CONV_ALGORITHMS",
     "SCALES",
     "DRN",
     "DRNOutputs",
@@ -58,8 +61,8 @@ __all__ = [
     "pixel_shuffle",
 ]
 
-SCALES = (2, 4, 8)
-"""Upscaling factors DRN supports: one primal block per factor of 2."""
+SCALES = MODEL_SCALES
+"""Upscaling factors DRN supports: one primal block per factor of 2 (`drn_jax.scales`)."""
 
 IMAGE_CHANNELS = 3
 
@@ -69,339 +72,18 @@ default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uni
 """PyTorch's default conv kernel init, ``U(±1/sqrt(fan_in))``; see the module docstring."""
 
 
-def num_levels(scale: int) -> int:
-    """Number of primal (and dual) blocks ``S = log2(scale)`` for ``scale`` in ``SCALES``.
-
-    Raises:
-      ValueError: ``scale`` is not 2, 4 or 8.
-    """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}; got {scale!r}")
-    return int(round(math.log2(scale)))
-
-
-def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
-    """Sub-pixel rearrangement (depth to space), channels-last, in PyTorch's channel order.
-
-    ``(..., H, W, C·r·r) -> (..., H·r, W·r, C)`` with ``r = factor`` and
-    ``out[..., h·r + i, w·r + j, c] = x[..., h, w, c·r·r + i·r + j]``: the ``r·r`` sub-pixels
-    of an output channel are consecutive input channels, as in ``torch.nn.PixelShuffle`` (so
-    PyTorch DRN weights port by transposing kernels only). ``tf.nn.depth_to_space`` uses the
-    other order, ``(i·r + j)·C + c``.
-
-    Args:
-      x: array of shape ``(..., H, W, C·r·r)``; any dtype.
-      factor: the upscaling factor ``r``.
-
-    Returns:
-      Array of shape ``(..., H·r, W·r, C)`` and the dtype of ``x``.
-    """
-    *lead, height, width, depth = x.shape
-    if depth % (factor * factor):
-        raise ValueError(f"channels ({depth}) must be a multiple of factor**2 ({factor**2})")
-    channels = depth // (factor * factor)
-    n = len(lead)
-    x = x.reshape(*lead, height, width, channels, factor, factor)
-    # (..., H, W, C, i, j) -> (..., H, i, W, j, C)
-    x = x.transpose(*range(n), n, n + 3, n + 1, n + 4, n + 2)
-    return x.reshape(*lead, height * factor, width * factor, channels)
-
-
-# ----------------------------------------------------------------------------------------------
-# 3×3 convolutions: XLA's direct convolution, or Winograd F(4×4, 3×3) on CPU
-# ----------------------------------------------------------------------------------------------
-#
-# On CPU, XLA runs convolutions as direct convolutions (YNNPACK) and computes the kernel gradient
-# as a "convolution" with a 48×48 window, about 5× slower than the forward pass; DRN's cost is
-# almost all 3×3 convolutions with 64 (or 256) channels. On CPU those use the Winograd algorithm
-# F(4×4, 3×3) (Lavin & Gray 2016) instead: every 6×6 input tile (stride 4) and the kernel are
-# transformed, multiplied in 36 independent (tiles × C_in) @ (C_in × C_out) matrix products, and
-# transformed back to 4×4 output tiles, 4× fewer multiplications than the direct convolution. The
-# backward pass is matrix products and the transposed transforms (custom VJPs below: autodiff of
-# the strided tile slicing would scatter through padded copies). The upsampling convolution's
-# pixel shuffle and bias are folded into its output transform. Results equal the direct
-# convolution up to float32 rounding: against a float64 reference the activations' error is ~3×
-# and the parameter gradients' (median) ~25× that of XLA's float32 convolution, ~1e-6 relative.
-# Convolutions to fewer than 16 channels (the RGB outputs) are one matrix product and a shifted
-# sum instead (:func:`_shifted_sum_conv3x3`); from few channels, strided, non-float32, and on
-# other backends they use XLA's convolution. ``DRN_JAX_CONV=direct`` in the environment turns
-# both off (``winograd`` forces them on any backend); it is read when a model is traced.
-
-_CONV_ALGORITHMS = ("auto", "direct", "winograd")
-_WINOGRAD_MIN_CHANNELS = 16  # below this the matrix products are too thin to pay for transforms
-
-# F(4×4, 3×3) with interpolation points 0, ±1, ±2, ∞ (the standard choice, e.g. cuDNN, NNPACK).
-_WINO_M = 4  # output tile side
-_WINO_A = 6  # input tile side, m + r - 1
-_WINO_BT = (  # input transform B^T (6×6)
-    (4.0, 0.0, -5.0, 0.0, 1.0, 0.0),
-    (0.0, -4.0, -4.0, 1.0, 1.0, 0.0),
-    (0.0, 4.0, -4.0, -1.0, 1.0, 0.0),
-    (0.0, -2.0, -1.0, 2.0, 1.0, 0.0),
-    (0.0, 2.0, -1.0, -2.0, 1.0, 0.0),
-    (0.0, 4.0, 0.0, -5.0, 0.0, 1.0),
-)
-_WINO_G = (  # kernel transform G (6×3)
-    (1 / 4, 0.0, 0.0),
-    (-1 / 6, -1 / 6, -1 / 6),
-    (-1 / 6, 1 / 6, -1 / 6),
-    (1 / 24, 1 / 12, 1 / 6),
-    (1 / 24, -1 / 12, 1 / 6),
-    (0.0, 0.0, 1.0),
-)
-_WINO_AT = (  # output transform A^T (4×6)
-    (1.0, 1.0, 1.0, 1.0, 1.0, 0.0),
-    (0.0, 1.0, -1.0, 2.0, -2.0, 0.0),
-    (0.0, 1.0, 1.0, 4.0, 4.0, 0.0),
-    (0.0, 1.0, -1.0, 8.0, -8.0, 1.0),
-)
-
-
-def _conv_algorithm() -> str:
-    algorithm = os.environ.get("DRN_JAX_CONV", "auto")
-    if algorithm not in _CONV_ALGORITHMS:
-        raise ValueError(f"DRN_JAX_CONV must be one of {', '.join(_CONV_ALGORITHMS)}; got {algorithm!r}")
-    return algorithm
-
-
-def _cpu_float32_stride1(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
-    algorithm = _conv_algorithm()
-    if algorithm == "direct" or stride != 1:
-        return False
-    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
-        return False  # the Winograd transforms' sums of up to 16 terms (×25) need float32
-    return algorithm == "winograd" or jax.default_backend() == "cpu"
-
-
-def _use_winograd(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
-    return (min(kernel.shape[2], kernel.shape[3]) >= _WINOGRAD_MIN_CHANNELS
-            and _cpu_float32_stride1(x, kernel, stride))
-
-
-def _use_shifted_sum(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
-    return (kernel.shape[2] >= _WINOGRAD_MIN_CHANNELS > kernel.shape[3]
-            and _cpu_float32_stride1(x, kernel, stride))
-
-
-def _lincomb(coefficients, terms):
-    """``Σ c·t`` over the nonzero ``c``, as one elementwise expression XLA fuses."""
-    out = None
-    for c, t in zip(coefficients, terms):
-        if c == 0:
-            continue
-        v = t if c == 1 else (-t if c == -1 else t * c)
-        out = v if out is None else out + v
-    return out
-
-
-def _tiles(length: int) -> int:
-    return -(-length // _WINO_M)
-
-
-def _column(matrix, j):
-    return tuple(row[j] for row in matrix)
-
-
-def _wino_input(x: jax.Array) -> jax.Array:
-    """``V = B^T d B`` for every 6×6 tile ``d`` (stride 4) of ``x`` zero-padded by one pixel.
-
-    ``(N, H, W, C) -> (36, N·Th·Tw, C)`` with ``Th = ceil(H/4)``, ``Tw = ceil(W/4)``.
-    """
-    m, a = _WINO_M, _WINO_A
-    n, h, w, c = x.shape
-    th, tw = _tiles(h), _tiles(w)
-    # Pad to 4·(T+1) so the padded image is (T+1) blocks of 4: tile t's six rows are rows 0-3
-    # of block t and rows 0-1 of block t+1, all plain slices of the block view.
-    xp = jnp.pad(x, ((0, 0), (1, m * th + 3 - h), (1, m * tw + 3 - w), (0, 0)))
-    blocks = xp.reshape(n, th + 1, m, tw + 1, m, c)
-    rows = [blocks[:, i // m: i // m + th, i % m] for i in range(a)]  # (N, Th, Tw+1, 4, C)
-    v = jnp.stack([_lincomb(_WINO_BT[r], rows) for r in range(a)])  # (6, N, Th, Tw+1, 4, C)
-    cols = [v[:, :, :, j // m: j // m + tw, j % m] for j in range(a)]  # (6, N, Th, Tw, C)
-    v = jnp.stack([_lincomb(_WINO_BT[s], cols) for s in range(a)], axis=1)  # (6, 6, N, Th, Tw, C)
-    return v.reshape(a * a, n * th * tw, c)
-
-
-def _wino_input_transpose(dv: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
-    """The transpose (adjoint) of :func:`_wino_input`: ``(36, T, C) -> (N, H, W, C)``.
-
-    Each tile's ``B dV B^T`` is added back where the tile came from (tiles overlap by 2 pixels).
-    """
-    m, a = _WINO_M, _WINO_A
-    n, h, w, c = shape
-    th, tw = _tiles(h), _tiles(w)
-    dv = dv.reshape(a, a, n, th, tw, c)
-
-    def overlap_add(parts, axis):
-        # parts[i] holds tile offset i (0..5); offsets 4, 5 land in the next block's 0, 1.
-        out = []
-        for o in range(m):
-            pad = [(0, 0)] * parts[o].ndim
-            pad[axis] = (0, 1)
-            v = jnp.pad(parts[o], pad)
-            if o + m < a:
-                pad[axis] = (1, 0)
-                v = v + jnp.pad(parts[o + m], pad)
-            out.append(v)
-        return out
-
-    cols = [_lincomb(_column(_WINO_BT, j), [dv[:, s] for s in range(a)]) for j in range(a)]
-    r = jnp.stack(overlap_add(cols, 3), axis=4)  # (6, N, Th, Tw+1, 4, C)
-    rows = [_lincomb(_column(_WINO_BT, i), [r[s] for s in range(a)]) for i in range(a)]
-    p = jnp.stack(overlap_add(rows, 1), axis=2)  # (N, Th+1, 4, Tw+1, 4, C)
-    p = p.reshape(n, (th + 1) * m, (tw + 1) * m, c)
-    return p[:, 1: h + 1, 1: w + 1]
-
-
-def _wino_output(mm: jax.Array, bias: jax.Array, shape: tuple[int, int, int], shuffle: int
-                 ) -> jax.Array:
-    """``Y = A^T M A + bias`` per tile, tiles put back in place: ``(36, T, K) -> (N, H, W, K)``,
-    or ``pixel_shuffle(·, shuffle)`` of it, ``(N, H·r, W·r, K/r²)``, in the same pass."""
-    m, a = _WINO_M, _WINO_A
-    n, h, w = shape
-    th, tw = _tiles(h), _tiles(w)
-    k = mm.shape[-1]
-    # One (16, 36) @ (36, T·K) product with A^T ⊗ A^T: a single pass over M, which XLA runs
-    # faster than the two-stage sums (and compiles faster).
-    at = np.asarray(_WINO_AT)
-    y = jnp.dot(jnp.asarray(np.kron(at, at), mm.dtype), mm.reshape(a * a, -1),
-                precision=jax.lax.Precision.HIGHEST)
-    y = y.reshape(m, m, n, th, tw, k) + bias  # output pixel (4·ty + α, 4·tx + β) is y[α, β, :, ty, tx]
-    if shuffle == 1:
-        y = y.transpose(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, k)
-        return y[:, :h, :w]
-    # pixel_shuffle: out[(4·ty + α)·r + i, (4·tx + β)·r + j, c] = y[α, β, ty, tx, c·r² + i·r + j]
-    q = shuffle
-    y = y.reshape(m, m, n, th, tw, k // (q * q), q, q).transpose(2, 3, 0, 6, 4, 1, 7, 5)
-    y = y.reshape(n, th * m * q, tw * m * q, k // (q * q))
-    return y[:, : h * q, : w * q]
-
-
-def _wino_output_transpose(dy: jax.Array, shape: tuple[int, int, int], shuffle: int
-                           ) -> tuple[jax.Array, jax.Array]:
-    """The transpose of :func:`_wino_output`: ``dy -> (dM (36, T, K), dbias (K,))``."""
-    m, a = _WINO_M, _WINO_A
-    n, h, w = shape
-    th, tw = _tiles(h), _tiles(w)
-    q = shuffle
-    dy = jnp.pad(dy, ((0, 0), (0, (th * m - h) * q), (0, (tw * m - w) * q), (0, 0)))
-    if q == 1:
-        d = dy.reshape(n, th, m, tw, m, dy.shape[-1])
-    else:
-        c = dy.shape[-1]
-        d = dy.reshape(n, th, m, q, tw, m, q, c).transpose(0, 1, 2, 4, 5, 7, 3, 6)
-        d = d.reshape(n, th, m, tw, m, c * q * q)
-    k = d.shape[-1]
-    rows = [d[:, :, i] for i in range(m)]  # (N, Th, Tw, 4, K)
-    r = jnp.stack([_lincomb(_column(_WINO_AT, s), rows) for s in range(a)])  # (6, N, Th, Tw, 4, K)
-    cols = [r[..., j, :] for j in range(m)]
-    dm = jnp.stack([_lincomb(_column(_WINO_AT, s), cols) for s in range(a)], axis=1)
-    dm = dm.reshape(a * a, n * th * tw, k)
-    # A^T's second column (interpolation point 1) is all ones, so dM[1, 1] of a tile is the sum
-    # of its 4×4 output gradients: the bias gradient is a sum over (36·T)/36 rows, not over dy.
-    dbias = jnp.sum(dm[1 * a + 1], axis=0)
-    return dm, dbias
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _wino_input_op(x: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
-    return _wino_input(x)
-
-
-_wino_input_op.defvjp(
-    lambda x, shape: (_wino_input(x), None),
-    lambda shape, _, dv: (_wino_input_transpose(dv, shape),),
-)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _wino_output_op(mm: jax.Array, bias: jax.Array, shape: tuple[int, int, int], shuffle: int
-                    ) -> jax.Array:
-    return _wino_output(mm, bias, shape, shuffle)
-
-
-_wino_output_op.defvjp(
-    lambda mm, bias, shape, shuffle: (_wino_output(mm, bias, shape, shuffle), None),
-    lambda shape, shuffle, _, dy: _wino_output_transpose(dy, shape, shuffle),
-)
-
-
-def _varying_like(a: jax.Array, like: jax.Array) -> jax.Array:
-    """``a`` cast to vary over the manual mesh axes ``like`` varies over (inside ``shard_map``).
-
-    A parameter is replicated (invariant) inside the training step's ``shard_map`` while the
-    activations vary over the data axis; JAX casts it implicitly when both meet in an operation,
-    but a ``custom_vjp`` must see matching types, or its backward pass would return a varying
-    gradient for an invariant input. The cast's transpose is the ``psum`` autodiff does anyway.
-    """
-    def axes(value):
-        aval = jax.typeof(value)
-        manual = getattr(aval, "manual_axis_type", None)
-        return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
-
-    missing = axes(like) - axes(a)
-    return jax.lax.pcast(a, tuple(sorted(missing)), to="varying") if missing else a
-
-
-def _winograd_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array, shuffle: int = 1
-                      ) -> jax.Array:
-    """``pixel_shuffle(conv3x3(x, kernel) + bias, shuffle)`` by Winograd F(4×4, 3×3).
-
-    Stride 1, one pixel of zero padding; differentiable (custom VJPs for the transforms).
-    """
-    n, h, w, c = x.shape
-    k = kernel.shape[-1]
-    # U = G g G^T for every (C, K) pair: one (36, 9) @ (9, C·K) product with G ⊗ G.
-    g = np.asarray(_WINO_G)
-    u = jnp.dot(jnp.asarray(np.kron(g, g), kernel.dtype), kernel.reshape(9, c * k),
-                precision=jax.lax.Precision.HIGHEST).reshape(_WINO_A * _WINO_A, c, k)
-    v = _wino_input_op(x, (n, h, w, c))
-    mm = jax.lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # 36 (T, C) @ (C, K)
-    return _wino_output_op(mm, _varying_like(bias, mm), (n, h, w), shuffle)
-
-
-def _shifted_sum_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1, pad-1 3×3 convolution to few output channels as one matrix product and a sum.
-
-    ``z = x @ [W_00 … W_22]`` gives all nine taps' contributions at once (``C -> 9·K``), and the
-    output is the sum of the nine taps' planes shifted into place. For ``K = 3`` this is several
-    times faster on CPU than XLA's convolution, which vectorises over the output channels.
-    """
-    n, h, w, c = x.shape
-    k = kernel.shape[-1]
-    taps = kernel.transpose(2, 0, 1, 3).reshape(c, 9 * k)  # column (i·3 + j)·K + o
-    z = jnp.dot(x.reshape(n * h * w, c), taps).reshape(n, h, w, 9, k)
-    z = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
-    # out[y, x] = Σ_ij x[y + i - 1, x + j - 1] W_ij = Σ_ij z_ij[y + i - 1, x + j - 1] (z padded by 1)
-    return sum(z[:, i: i + h, j: j + w, 3 * i + j] for i in range(3) for j in range(3))
-
-
-def conv3x3(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """3×3 cross-correlation with one pixel of zero padding per side, NHWC / HWIO, no bias.
-
-    On CPU, float32 stride-1 convolutions with at least 16 input and output channels use
-    Winograd F(4×4, 3×3), and those from at least 16 to fewer channels (the RGB outputs) one
-    matrix product and a shifted sum; everything else uses XLA's convolution (see the comment
-    above).
-    """
-    if _use_winograd(x, kernel, stride):
-        return _winograd_conv3x3(x, kernel, jnp.zeros((kernel.shape[-1],), x.dtype))
-    if _use_shifted_sum(x, kernel, stride):
-        return _shifted_sum_conv3x3(x, kernel)
-    return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
 class _Conv3x3(nn.Module):
     """``pixel_shuffle(conv3x3(x, kernel, stride) + bias, shuffle)``: ``nn.Conv``'s parameters
-    (names, shapes, init) and dtype handling, :func:`conv3x3`'s choice of algorithm, and the
-    pixel shuffle done by the Winograd output transform when that is used."""
+    (names, shapes, init) and dtype handling around :func:`drn_jax.ops.conv3x3`, which computes
+    it by the algorithm ``conv`` names (the Winograd output transform does the pixel shuffle
+    when that is used)."""
 
     features: int
     stride: int = 1
     shuffle: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -410,18 +92,19 @@ class _Conv3x3(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if _use_winograd(x, kernel, self.stride):
-            return _winograd_conv3x3(x, kernel, bias, self.shuffle)
-        y = conv3x3(x, kernel, self.stride) + bias
-        return pixel_shuffle(y, self.shuffle) if self.shuffle > 1 else y
+        return conv3x3(
+            x, kernel, bias, stride=self.stride, shuffle=self.shuffle, algorithm=self.conv
+        )
 
 
 def _conv3x3(
-    features: int, name: str, dtype: Dtype, param_dtype: Dtype, stride: int = 1, shuffle: int = 1
+    features: int, name: str, dtype: Dtype, param_dtype: Dtype, conv: str, stride: int = 1,
+    shuffle: int = 1,
 ) -> nn.Module:
     # Padding ((1, 1), (1, 1)) as PyTorch's padding=1; see the module docstring.
     return _Conv3x3(
-        features, stride=stride, shuffle=shuffle, dtype=dtype, param_dtype=param_dtype, name=name
+        features, stride=stride, shuffle=shuffle, dtype=dtype, param_dtype=param_dtype, conv=conv,
+        name=name,
     )
 
 
@@ -434,12 +117,13 @@ class ResidualModule(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv: str = "auto"  # the convolution algorithm, one of CONV_ALGORITHMS (see DRN)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _conv3x3(self.features, "conv_0", self.dtype, self.param_dtype)(x)
+        y = _conv3x3(self.features, "conv_0", self.dtype, self.param_dtype, self.conv)(x)
         y = nn.relu(y)
-        y = _conv3x3(self.features, "conv_1", self.dtype, self.param_dtype)(y)
+        y = _conv3x3(self.features, "conv_1", self.dtype, self.param_dtype, self.conv)(y)
         return x + y
 
 
@@ -453,6 +137,7 @@ class PrimalBlock(nn.Module):
       features: F, the feature width.
       num_modules: R, the residual modules in the block (7 in the paper).
       head: whether this is the first block, which turns the RGB input into F features first.
+      conv: the convolution algorithm, one of ``CONV_ALGORITHMS`` (see :class:`DRN`).
     """
 
     features: int
@@ -461,6 +146,7 @@ class PrimalBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    conv: str = "auto"
 
     @nn.compact
     def __call__(
@@ -477,7 +163,9 @@ class PrimalBlock(nn.Module):
           ``(features, image)``: ``(B, 2H, 2W, F)`` features and the ``(B, 2H, 2W, 3)`` image,
           or ``None`` for the image when ``with_image`` is False.
         """
-        conv = lambda f, name: _conv3x3(f, name, self.dtype, self.param_dtype)  # noqa: E731
+        def conv(f: int, name: str, **kwargs) -> nn.Module:
+            return _conv3x3(f, name, self.dtype, self.param_dtype, self.conv, **kwargs)
+
         if self.head:
             x = conv(self.features, "head")(x)
         # With remat, each module's activations are recomputed in the backward pass instead of
@@ -485,10 +173,10 @@ class PrimalBlock(nn.Module):
         module_class = nn.remat(ResidualModule) if self.remat else ResidualModule
         for index in range(self.num_modules):
             x = module_class(
-                self.features, self.dtype, self.param_dtype, name=f"residual_{index}"
+                self.features, self.dtype, self.param_dtype, self.conv, name=f"residual_{index}"
             )(x)
         # conv3x3 F->4F, then pixel_shuffle(2) (fused into the convolution where it can be).
-        x = _conv3x3(4 * self.features, "upsample", self.dtype, self.param_dtype, shuffle=2)(x)
+        x = conv(4 * self.features, "upsample", shuffle=2)(x)
         image = conv(IMAGE_CHANNELS, "to_rgb")(x) if with_image else None
         return x, image
 
@@ -503,12 +191,15 @@ class DualBlock(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv: str = "auto"  # the convolution algorithm, one of CONV_ALGORITHMS (see DRN)
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
-        x = _conv3x3(self.features, "down", self.dtype, self.param_dtype, stride=2)(image)
+        x = _conv3x3(
+            self.features, "down", self.dtype, self.param_dtype, self.conv, stride=2
+        )(image)
         x = nn.relu(x)
-        return _conv3x3(IMAGE_CHANNELS, "to_rgb", self.dtype, self.param_dtype)(x)
+        return _conv3x3(IMAGE_CHANNELS, "to_rgb", self.dtype, self.param_dtype, self.conv)(x)
 
 
 class DRNOutputs(NamedTuple):
@@ -532,7 +223,7 @@ class DRN(nn.Module):
     Attributes:
       scale: upscaling factor, 2, 4 or 8 (``S = log2(scale)`` primal blocks). Anything else
         raises ``ValueError`` when the module is constructed.
-      features: F, the feature width (64, METHOD.md's guess, ~1.34M parameters at ×4).
+      features: F, the feature width (64, a guess: docs/method.md#guesses; ~1.34M parameters at ×4).
       modules_per_block: R, residual modules per primal block (7, i.e. 14 at ×4, 21 at ×8).
       dual: build the dual blocks and return their outputs from ``__call__`` (training).
       progressive: supervise every level (``primal`` holds S images, one per level, and the
@@ -543,11 +234,17 @@ class DRN(nn.Module):
         ``dual = (D_0(D_1(...D_{S-1}(final))),)``.
       image_residual: add the bilinearly upsampled image of the level below (the LR input for
         the first level, and for the final image when not progressive) to each level's image, a
-        LapSRN-style option of METHOD.md; off by default (not in the paper).
+        LapSRN-style option (docs/method.md#network); off by default (not in the paper).
       dtype: computation dtype (e.g. ``jnp.bfloat16`` on accelerators); outputs are float32.
       param_dtype: parameter dtype.
       remat: recompute the residual modules' activations in the backward pass (rematerialise)
         instead of storing them: the same values and parameters, less training memory.
+      conv: how every convolution is computed, one of ``CONV_ALGORITHMS``: ``"auto"`` (Winograd
+        F(4×4, 3×3) and a shifted sum for float32 stride-1 convolutions on CPU, XLA's
+        convolution elsewhere), ``"winograd"`` (those wherever dtype, stride and channels allow,
+        on any backend) or ``"xla"`` (always XLA's convolution). The same parameters and, up to
+        float32 rounding, the same values; see :mod:`drn_jax.ops`. Anything else raises
+        ``ValueError`` when the module is constructed.
 
     Initialise with ``model.init(rng, lr)`` (``__call__`` creates every parameter); infer with
     ``model.apply(variables, lr, method="upscale")``.
@@ -562,9 +259,11 @@ class DRN(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    conv: str = "auto"
 
     def __post_init__(self) -> None:
         num_levels(self.scale)  # fail at construction, not deep inside init
+        check_conv_algorithm(self.conv, "conv")
         super().__post_init__()
 
     def setup(self) -> None:
@@ -577,12 +276,14 @@ class DRN(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 remat=self.remat,
+                conv=self.conv,
             )
             for i in range(levels)
         ]
         if self.dual:
             self.dual_blocks = [
-                DualBlock(self.features, dtype=self.dtype, param_dtype=self.param_dtype)
+                DualBlock(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                          conv=self.conv)
                 for _ in range(levels)
             ]
 

@@ -14,14 +14,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw, ImageFont
+
+from drn_jax import cli
 
 __all__ = ["best_crop", "comparison_strip", "load_eval_curve", "load_results", "plot_psnr_vs_params",
            "plot_training_curves", "main"]
@@ -292,24 +294,18 @@ def _run_name(path: str | pathlib.Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m drn_jax.plots",
-        description="PSNR against parameter count from results.json files (paper Figs. 6-7).")
-    parser.add_argument("results", nargs="+", help="results.json files written by eval.py")
-    parser.add_argument("--out", required=True, help="output image (PNG, PDF or SVG)")
-    parser.add_argument("--datasets", help="comma-separated dataset panels (default: all)")
-    parser.add_argument("--labels", help="comma-separated point labels, one per results file")
-    args = parser.parse_args(argv)
-    labels = args.labels.split(",") if args.labels else None
-    if labels and len(labels) != len(args.results):
-        parser.error(f"--labels has {len(labels)} names for {len(args.results)} files")
-    try:
-        out = plot_psnr_vs_params(args.results, args.out, labels=labels,
-                                  datasets=args.datasets.split(",") if args.datasets else None)
-    except (OSError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(out)
+    """``python -m drn_jax.plots RESULTS.json... --out=fig.png [--datasets=..] [--labels=..]``."""
+    values = flags.FlagValues()
+    flags.DEFINE_string("out", None, "output image (PNG, PDF or SVG)", flag_values=values)
+    flags.DEFINE_list("datasets", None, "dataset panels (default: all)", flag_values=values)
+    flags.DEFINE_list("labels", None, "point labels, one per results file", flag_values=values)
+    results = cli.parse_flags(["drn_jax.plots", *(sys.argv[1:] if argv is None else argv)], values)[1:]
+    with cli.user_errors():
+        if not results or not values.out:
+            raise ValueError("usage: python -m drn_jax.plots RESULTS.json... --out=FILE")
+        if values.labels and len(values.labels) != len(results):
+            raise ValueError(f"--labels has {len(values.labels)} names for {len(results)} files")
+        print(plot_psnr_vs_params(results, values.out, labels=values.labels, datasets=values.datasets))
     return 0
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pathlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -17,48 +15,45 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from drn_jax import events
+from drn_jax.files import jsonable, to_json, write_json
+from drn_jax.rundir import RunDir
+
 logger = logging.getLogger(__name__)
 
 
-def write_json(path: pathlib.Path, payload: Any) -> None:
-    """Writes `payload` as indented JSON through a temporary file and a rename."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    os.replace(partial, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+def format_duration(seconds: float, *, long: bool = False) -> str:
+    """``1h05m`` / ``4m07s`` (an ETA); with `long`, ``65 min (1.08 h)`` / ``12.5 s`` (a model card)."""
+    if long:
+        minutes = seconds / 60
+        return f"{minutes:.0f} min ({seconds / 3600:.2f} h)" if minutes >= 1 else f"{seconds:.1f} s"
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class RunWriter:
     """Writes a run's logs into `workdir`; a no-op on processes other than 0."""
 
-    def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict, *, enabled: bool = True):
-        self.workdir = workdir
+    def __init__(self, run: RunDir, config: ml_collections.ConfigDict, *, enabled: bool = True):
+        self.run = run
         self.enabled = enabled
         self._tensorboard = None
         if not enabled:
             return
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json(workdir / "config.json", config.to_dict())
-        self._metrics = open(workdir / "metrics.jsonl", "a", buffering=1)
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_json(run.config_file, config.to_dict())
+        self._metrics = open(run.metrics_file, "a", buffering=1)
 
     @property
-    def tensorboard(self):
-        if self._tensorboard is None:
-            # Imported lazily: it pulls in TensorFlow, which the training step never needs.
-            from flax.metrics import tensorboard
-            self._tensorboard = tensorboard.SummaryWriter(str(self.workdir / "tensorboard"))
+    def tensorboard(self) -> events.SummaryWriter:
+        if self._tensorboard is None:  # created at the first record: no empty event files
+            self._tensorboard = events.SummaryWriter(self.run.tensorboard)
         return self._tensorboard
 
     def _record(self, event: str, step: int, values: Mapping[str, Any]) -> None:
         self._metrics.write(json.dumps({"event": event, "step": step, "time": time.time(), **values},
-                                       default=_jsonable) + "\n")
+                                       default=jsonable) + "\n")
 
     def log_text(self, message: str) -> None:
         if self.enabled:
@@ -91,8 +86,8 @@ class RunWriter:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         if self.enabled:
-            write_json(self.workdir / "summary.json", dict(summary))
-            self.log_text("summary: " + json.dumps(summary, default=_jsonable))
+            write_json(self.run.summary_file, dict(summary))
+            self.log_text("summary: " + to_json(dict(summary), indent=None))
 
     def close(self) -> None:
         if not self.enabled:

@@ -23,79 +23,26 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from drn_jax import cli
+from drn_jax import checkpointing, data, evaluation, losses, models, reporting
 from drn_jax import config as config_lib
-from drn_jax import losses
-from drn_jax import models
+from drn_jax.errors import ConfigError, NonFiniteLossError
+from drn_jax.model_factory import create_model
+from drn_jax.reporting import format_duration
 from drn_jax.resize import imresize
+from drn_jax.rundir import RunDir
+from drn_jax.train_state import TrainState, create_optimizer, create_train_state, eval_params, learning_rate_schedule
 
 logger = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes; a pytree that orbax saves whole."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    ema_params: Any  # a copy of params when config.ema_decay > 0, else None
-
-
-# ---------------------------------------------------------------------------
-# Model, optimiser, state
-# ---------------------------------------------------------------------------
-
-def create_model(config: ml_collections.ConfigDict) -> models.DRN:
-    """The DRN that `config.scale` and `config.model` describe."""
-    return models.DRN(
-        scale=config.scale,
-        features=config.model.features,
-        modules_per_block=config.model.modules_per_block,
-        dual=config.model.dual,
-        progressive=config.model.progressive,
-        image_residual=config.model.image_residual,
-        dtype=jnp.dtype(config.model.dtype),
-        remat=config.model.remat,
-    )
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Step decay (Section 5.1): `learning_rate`, times `lr_decay_factor` every `lr_decay_every` steps."""
-    return optax.exponential_decay(
-        init_value=config.learning_rate,
-        transition_steps=config.lr_decay_every,
-        decay_rate=config.lr_decay_factor,
-        staircase=True,
-    )
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-
-
-def create_train_state(config: ml_collections.ConfigDict, model: models.DRN,
-                       optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-    """Initial state; parameters depend only on `rng` and the model, not on devices."""
-    lr_size = config.data.hr_patch_size // config.scale
-    params = model.init(rng, jnp.zeros((1, lr_size, lr_size, 3), jnp.float32))["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        # A copy: the step donates the state, and one buffer cannot be donated twice.
-        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else None,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -133,6 +80,11 @@ def _level_targets(config: ml_collections.ConfigDict, lr: jax.Array, pyramid: Se
     return tuple(pyramid), (lr, *previous)
 
 
+def loss_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The ``config.loss`` values of the hyper-parameters that the chosen loss declares."""
+    return {name: config.loss[name] for name in losses.LOSSES[config.loss.name].hyperparameters}
+
+
 def make_loss_fn(config: ml_collections.ConfigDict, model: models.DRN
                  ) -> Callable[[Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
     """loss_fn(params, hr_uint8) -> (total, terms) for one (per-device) batch."""
@@ -145,7 +97,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: models.DRN
         return losses.drn_objective(
             outputs.primal, primal_targets,
             outputs.dual, dual_targets if outputs.dual is not None else None,
-            loss=config.loss.name, lam=config.loss.lam, dual_weight=config.loss.dual_weight)
+            loss=config.loss.name, dual_weight=config.loss.dual_weight, **loss_hyperparameters(config))
 
     return loss_fn
 
@@ -230,12 +182,12 @@ def initialize_distributed() -> None:
             try:
                 kwargs[key] = int(value)
             except ValueError:
-                raise config_lib.ConfigError(f"{name}={value!r} is not an integer") from None
+                raise ConfigError(f"{name}={value!r} is not an integer") from None
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, TypeError, RuntimeError) as err:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"distributed=True: cannot start JAX's distributed runtime ({reason}); on a TPU pod "
             "slice, SLURM or Open MPI it is found automatically, elsewhere set "
             "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every "
@@ -264,7 +216,6 @@ def gather_positions(position: int) -> list[int]:
     """Every process's data position, indexed by process (a collective on several processes)."""
     if jax.process_count() == 1:
         return [int(position)]
-    from jax.experimental import multihost_utils
     gathered = multihost_utils.process_allgather(np.asarray(position, np.int64))
     return [int(p) for p in np.asarray(gathered).reshape(-1)]
 
@@ -279,10 +230,6 @@ def _all_finite(tree: Any) -> jax.Array:
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
-
-class NonFiniteLossError(cli.RunError):
-    """A loss term or the gradient norm became NaN or inf; no state after it is saved."""
-
 
 class _StopSignal:
     """Turns SIGTERM/SIGINT into a flag the loop checks after each step (save, then exit)."""
@@ -309,22 +256,11 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def eval_params(state: TrainState) -> Any:
-    """The parameters to evaluate: the EMA when the run keeps one."""
-    return state.params if state.ema_params is None else state.ema_params
-
-
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
         raise NonFiniteLossError(
             f"step {step}: non-finite {', '.join(bad)} ({', '.join(f'{n}={metrics[n]}' for n in bad)})")
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 # Errors writing into the workdir that Python reports without a file name.
@@ -353,37 +289,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    from drn_jax import checkpointing, evaluation, input_pipeline, reporting
-
     if config.distributed:
         initialize_distributed()
     run_start = time.perf_counter()
-    workdir = pathlib.Path(workdir)
+    run = RunDir(workdir)
     is_lead = jax.process_index() == 0
     num_devices, num_processes = jax.device_count(), jax.process_count()
 
     # Everything that can be wrong with the inputs is reported before compiling.
     config_lib.validate(config, num_devices=num_devices, num_processes=num_processes)
-    train_source = input_pipeline.parse_source(config.data.train, tfds_data_dir=config.data.tfds_data_dir)
-    val_images = input_pipeline.load_images(config.data.val, limit=config.data.val_limit or None,
+    train_source = data.parse_source(config.data.train, tfds_data_dir=config.data.tfds_data_dir)
+    val_images = data.load_images(config.data.val, limit=config.data.val_limit or None,
                                             tfds_data_dir=config.data.tfds_data_dir)
     if not val_images:
-        raise config_lib.ConfigError(f"data.val={config.data.val!r} holds no readable images")
+        raise ConfigError(f"data.val={config.data.val!r} holds no readable images")
 
     model = create_model(config)
     optimizer = create_optimizer(config)
     mesh = make_mesh()
-    checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    checkpointer = checkpointing.Checkpointer(run.checkpoints, keep=config.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         # A checkpoint of another model is refused before restoring, compiling or writing.
-        checkpointing.check_compatible(workdir, config)
+        checkpointing.check_compatible(run, config)
     local_batch = config.batch_size // num_processes
     # Restored straight into the replicated layout: every process reads the same state.
     state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed)), mesh)
     state, data_position = checkpointer.restore_or(state)
     start_step = int(state.step)
 
-    writer = reporting.RunWriter(workdir, config, enabled=is_lead)
+    writer = reporting.RunWriter(run, config, enabled=is_lead)
     if data_position is None:
         # Saved by another number of processes: each process's stream is another one now.
         data_position = start_step * local_batch
@@ -395,7 +329,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
     if start_step >= config.num_train_steps:
         writer.log_text(f"already trained for {start_step} >= num_train_steps={config.num_train_steps} steps")
 
-    dataset = input_pipeline.create_train_dataset(
+    dataset = data.create_train_dataset(
         train_source, patch_size=config.data.hr_patch_size, batch_size=local_batch, seed=config.seed,
         shuffle_buffer=config.data.shuffle_buffer, start_position=data_position,
         process_index=jax.process_index(), process_count=num_processes)
@@ -448,7 +382,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         if pending_step % config.log_every_steps == 0 or pending_step == config.num_train_steps:
             throughput = (pending_step - window_step) * config.batch_size / max(now - window_start, 1e-9)
             eta = (config.num_train_steps - pending_step) * config.batch_size / throughput
-            writer.log_train(pending_step, config.num_train_steps, values, throughput, _format_duration(eta))
+            writer.log_train(pending_step, config.num_train_steps, values, throughput, format_duration(eta))
             window_step, window_start = pending_step, now
 
     def stopped_by() -> str | None:

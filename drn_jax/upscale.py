@@ -17,7 +17,6 @@ skipped, and the batch goes on. Exit status: 0 if every image was written, 1 if 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pathlib
@@ -25,54 +24,37 @@ import sys
 import time
 from collections.abc import Sequence
 
-from drn_jax import image_io
+from absl import flags
 
-DEFAULT_WORKDIR = "runs/default"
+from drn_jax import cli, image_io, inference, loading
+from drn_jax.errors import ImageReadError, one_line
+from drn_jax.rundir import DEFAULT_WORKDIR
+
 DEFAULT_TILE = 256
+USAGE = "drn-upscale INPUT... --output_dir=DIR [--pretrained=NAME | --workdir=RUN | --checkpoint=STEP_DIR]"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="drn-upscale",
-        description="Upscale images with a trained DRN; writes <stem>_x<scale>.png files.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    parser.add_argument("--output_dir", required=True, help="folder for the upscaled PNGs")
-    parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
-                        help="training workdir whose latest checkpoint is used (default: %(default)s)")
-    parser.add_argument("--checkpoint", help="a checkpoint step folder <workdir>/checkpoints/<step>")
-    parser.add_argument("--pretrained", metavar="NAME",
-                        help="a pretrained model shipped with the package (e.g. x4), used instead of "
-                             "--workdir; `python -m drn_jax.pretrained list` shows them")
-    parser.add_argument("--method", choices=("model", "bicubic"), default="model",
-                        help="the network, or MATLAB bicubic as a baseline (default: %(default)s)")
-    parser.add_argument("--scale", type=int, help="upscaling factor (bicubic only; a model has its own)")
-    parser.add_argument("--self_ensemble", action="store_true",
-                        help="average the 8 flips/rotations (8x slower, slightly better)")
-    parser.add_argument("--tile", type=_non_negative_int, default=DEFAULT_TILE,
-                        help="tile side in LR pixels; 0 runs whole images (default: %(default)s)")
-    parser.add_argument("--tile_overlap", type=_non_negative_int,
-                        help="LR pixels of context around each tile (default: the receptive-field radius)")
-    parser.add_argument("--max_pixels", type=_positive_int, default=image_io.DEFAULT_MAX_PIXELS,
-                        help="refuse images whose header declares more pixels (default: %(default)s)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+def define_flags(values: flags.FlagValues) -> None:
+    """drn-upscale's flags, in `values` (a private `flags.FlagValues`: no global flags)."""
+    flags.DEFINE_string("output_dir", None, "folder for the upscaled PNGs", flag_values=values)
+    flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "training workdir whose latest checkpoint is used",
+                        flag_values=values)
+    flags.DEFINE_string("checkpoint", None, "a checkpoint step folder <workdir>/checkpoints/<step>",
+                        flag_values=values)
+    flags.DEFINE_string("pretrained", None, "a pretrained model shipped with the package (e.g. x4), used "
+                        "instead of --workdir; `python -m drn_jax.pretrained list` shows them", flag_values=values)
+    flags.DEFINE_enum("method", "model", ["model", "bicubic"],
+                      "the network, or MATLAB bicubic as a baseline", flag_values=values)
+    flags.DEFINE_integer("scale", None, "upscaling factor (bicubic only; a model has its own)", flag_values=values)
+    flags.DEFINE_bool("self_ensemble", False, "average the 8 flips/rotations (8x slower, slightly better)",
+                      flag_values=values)
+    flags.DEFINE_integer("tile", DEFAULT_TILE, "tile side in LR pixels; 0 runs whole images", lower_bound=0,
+                         flag_values=values)
+    flags.DEFINE_integer("tile_overlap", None, "LR pixels of context around each tile (default: the "
+                         "receptive-field radius)", lower_bound=0, flag_values=values)
+    flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
+                         "refuse images whose header declares more pixels", lower_bound=1, flag_values=values)
+    flags.DEFINE_bool("no_progress", False, "no progress bar", flag_values=values)
 
 
 class _TqdmHandler(logging.Handler):
@@ -97,82 +79,75 @@ def _output_path(output_dir: pathlib.Path, path: pathlib.Path, scale: int, used:
     return target
 
 
-def _load_upscaler(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    from drn_jax import inference
-
-    if args.method == "bicubic":
-        if args.scale is None:
-            parser.error("--scale is required with --method=bicubic")
-        return inference.BicubicUpscaler(args.scale)
-    if args.pretrained:
-        if args.checkpoint:
-            parser.error("give --pretrained or --checkpoint, not both")
-        from drn_jax import pretrained
-
-        config, model, variables = pretrained.load(args.pretrained)
-    else:
-        from drn_jax import checkpointing
-
-        config, model, variables = checkpointing.load_for_inference(
-            workdir=None if args.checkpoint else args.workdir, checkpoint=args.checkpoint)
-    if args.scale is not None and args.scale != model.scale:
-        parser.error(f"the checkpoint's model upscales x{model.scale}; drop --scale")
-    return inference.make_upscaler(model, variables=variables, tile=args.tile or None,
-                                   tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
+def _load_upscaler(values: flags.FlagValues):
+    if values.method == "bicubic":
+        if values.scale is None:
+            raise ValueError("--scale is required with --method=bicubic")
+        return inference.BicubicUpscaler(values.scale)
+    config, model, variables = loading.load_model(
+        pretrained=values.pretrained, checkpoint=values.checkpoint,
+        workdir=None if values.checkpoint else values.workdir)
+    if values.scale is not None and values.scale != model.scale:
+        raise ValueError(f"the checkpoint's model upscales x{model.scale}; drop --scale")
+    return inference.make_upscaler(model, variables=variables, tile=values.tile or None,
+                                   tile_overlap=values.tile_overlap, self_ensemble=values.self_ensemble)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (see the module docstring)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits with status 2 on usage errors
+    values = flags.FlagValues()
+    define_flags(values)
+    inputs = cli.parse_flags(["drn-upscale", *(sys.argv[1:] if argv is None else argv)], values)[1:]
 
+    # The entry point shows image_io's conversion notes above the progress bar; undone on exit.
     handler = _TqdmHandler()
     io_logger = logging.getLogger(image_io.__name__)
+    level, propagate = io_logger.level, io_logger.propagate
     io_logger.addHandler(handler)
     io_logger.setLevel(logging.INFO)  # greyscale replication is an INFO record; show it too
     io_logger.propagate = False
     try:
-        return _upscale_all(args, parser)
+        with cli.user_errors():
+            return _upscale_all(inputs, values)
+    except SystemExit as stop:  # a usage error, printed in one line by user_errors
+        return int(stop.code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         io_logger.removeHandler(handler)
-        io_logger.propagate = True
+        io_logger.setLevel(level)
+        io_logger.propagate = propagate
 
 
-def _upscale_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
     from tqdm import tqdm
 
-    try:
-        paths = image_io.expand_inputs(args.inputs)
-    except FileNotFoundError as err:
-        parser.error(str(err))
+    if not inputs:
+        raise ValueError(f"no INPUT given; usage: {USAGE}")
+    if not values.output_dir:
+        raise ValueError(f"--output_dir is required; usage: {USAGE}")
+    paths = image_io.expand_inputs(inputs)
     if not paths:
-        parser.error(f"no PNG, JPEG or BMP images in {', '.join(args.inputs)}")
-    try:
-        upscaler = _load_upscaler(args, parser)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    output_dir = pathlib.Path(args.output_dir).expanduser()
+        raise ValueError(f"no PNG, JPEG or BMP images in {', '.join(inputs)}")
+    upscaler = _load_upscaler(values)
+    output_dir = pathlib.Path(values.output_dir).expanduser()
 
     failed, used = [], set()
     start = time.perf_counter()
-    bar = tqdm(paths, unit="img", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(paths, unit="img", file=sys.stderr, disable=values.no_progress, dynamic_ncols=True)
     for path in bar:
         bar.set_postfix_str(path.name, refresh=False)
         try:
-            lr = image_io.read_image(path, max_pixels=args.max_pixels)
+            lr = image_io.read_image(path, max_pixels=values.max_pixels)
             target = _output_path(output_dir, path, upscaler.scale, used)
             image_io.write_png(target, upscaler(lr))
-        except image_io.ImageReadError as err:
+        except ImageReadError as err:
             tqdm.write(f"error: {err}; skipped", file=sys.stderr)
             failed.append(path)
         except (OSError, ValueError, MemoryError) as err:
             # The output folder may be unwritable or the disk full; say which file and why.
-            reason = " ".join(str(err).split()) or type(err).__name__
-            tqdm.write(f"error: {path}: {reason}; skipped", file=sys.stderr)
+            tqdm.write(f"error: {path}: {one_line(err)}; skipped", file=sys.stderr)
             failed.append(path)
     bar.close()
     done = len(paths) - len(failed)

@@ -3,7 +3,7 @@
 
     python scripts/run_comparisons.py --out runs/comparisons              # train, evaluate, report
     python scripts/run_comparisons.py --out runs/comparisons --only table4
-    python scripts/run_comparisons.py --out runs/comparisons --report-only
+    python scripts/run_comparisons.py --out runs/comparisons --report_only
 
 Three comparisons, every run the model of ``configs/comparison.py`` with one setting changed, the
 same data, the same number of steps and the same seeds:
@@ -23,7 +23,7 @@ from :func:`drn_jax.evaluation.run` on Set5 and Set14 x4. A run with ``summary.j
 one with ``results.json`` too is done; rerunning the command skips what is done, resumes an
 interrupted run from its checkpoint (Ctrl-C saves one) and evaluates what is not evaluated.
 Finally the report (``--report``, default ``docs/results.md``, figures in ``docs/figures/``) is
-written from those files alone; ``--report-only`` does just that.
+written from those files alone; ``--report_only`` does just that.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Comparison:
     note: str
 
 
-# Paper numbers (Set5, Set14 PSNR at x4) from ../shared/paper/METHOD.md.
+# Paper numbers (Set5, Set14 PSNR at x4), as docs/method.md quotes them.
 PAPER_TABLE4 = {"plain": (31.96, 28.37), "dual": (32.04, 28.47), "progressive": (32.17, 28.52),
                 "base": (32.24, 28.58)}
 PAPER_BICUBIC = (28.42, 26.10)  # the paper's bicubic rows (Set5, Set14 x4)
@@ -300,7 +300,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def machine_description() -> str:
-    from drn_jax.pretrained import cpu_description
+    from drn_jax.machine import cpu_description
 
     return cpu_description()
 
@@ -317,7 +317,8 @@ def evaluate_run(run_dir: pathlib.Path, benchmark_dir: pathlib.Path) -> dict[str
 
 def run_all(runs: Sequence[Run], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> int:
     """Trains and evaluates every run that is not done; returns the exit status."""
-    from drn_jax import cli, training
+    from drn_jax import training
+    from drn_jax.errors import RunError
 
     out: pathlib.Path = args.out
     configs = {run.name: build_config(run, steps=args.steps, data_dir=args.data_dir,
@@ -376,7 +377,7 @@ def run_all(runs: Sequence[Run], args: argparse.Namespace, overrides: Sequence[t
                           "rerun the same command to resume", flush=True)
                     return 0
             scores = evaluate_run(run_dir, args.benchmark_dir)
-        except cli.RunError as err:  # a non-finite loss: the other runs can still go on
+        except RunError as err:  # a non-finite loss: the other runs can still go on
             print(f"error: {run.name}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
             failed.append(run.name)
             continue
@@ -717,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding Set5/HR and Set14/HR (default: %(default)s)")
     parser.add_argument("--report", type=pathlib.Path, default=DEFAULT_REPORT,
                         help="the Markdown report; figures go to figures/ beside it (default: %(default)s)")
-    parser.add_argument("--report-only", "--report_only", dest="report_only", action="store_true",
+    parser.add_argument("--report_only", dest="report_only", action="store_true",
                         help="only regenerate the report from the run folders")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config field for every run, e.g. model.features=16 (repeatable)")

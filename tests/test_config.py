@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from drn_jax import checkpointing
 from drn_jax import config as config_lib
+from drn_jax.rundir import RunDir
 
 
 def test_saved_config_from_before_a_new_field_gets_its_default(tmp_path):
@@ -12,9 +12,9 @@ def test_saved_config_from_before_a_new_field_gets_its_default(tmp_path):
     del saved["model"]["remat"]
     saved["model"]["features"] = 32
     saved["learning_rate"] = 4e-4
-    (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(saved))
+    RunDir(tmp_path).config_file.write_text(json.dumps(saved))
 
-    config = checkpointing.load_config(tmp_path)
+    config = RunDir(tmp_path).load_config()
 
     assert config.model.remat is False
     assert config.model.features == 32

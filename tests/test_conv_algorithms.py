@@ -1,12 +1,14 @@
-"""The CPU convolution algorithms in drn_jax.models equal XLA's direct convolution."""
+"""The convolution algorithms of drn_jax.ops equal XLA's direct convolution, and the DRN
+modules' ``conv`` attribute chooses among them explicitly."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drn_jax import models
+from drn_jax import models, ops
 
 
 def direct(x, kernel):
@@ -15,36 +17,122 @@ def direct(x, kernel):
                                         precision=jax.lax.Precision.HIGHEST)
 
 
-@pytest.mark.parametrize("channels_in,channels_out,height,width", [
-    (32, 32, 9, 13),   # Winograd, sizes not multiples of the 4-pixel tile
-    (16, 64, 8, 8),    # Winograd, wider output
-    (32, 3, 7, 10),    # matrix product + shifted sum (to RGB)
-])
-def test_conv3x3_value_and_gradients_equal_direct_convolution(channels_in, channels_out, height, width,
-                                                               monkeypatch):
-    monkeypatch.setenv("DRN_JAX_CONV", "auto")
-    rng = np.random.default_rng(0)
+def operands(channels_in, channels_out, height, width, seed=0):
+    rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((2, height, width, channels_in)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, channels_in, channels_out)) / np.sqrt(9 * channels_in),
                          jnp.float32)
-    cotangent = jnp.asarray(rng.standard_normal((2, height, width, channels_out)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((channels_out,)), jnp.float32)
+    return x, kernel, bias
+
+
+@pytest.mark.parametrize("channels_in,channels_out,height,width,path", [
+    (32, 32, 9, 13, "winograd"),  # sizes not multiples of the 4-pixel tile
+    (16, 64, 8, 8, "winograd"),   # wider output
+    (32, 3, 7, 10, "shifted_sum"),  # matrix product + shifted sum (to RGB)
+])
+def test_conv3x3_value_and_gradients_equal_direct_convolution(channels_in, channels_out, height, width, path):
+    x, kernel, _ = operands(channels_in, channels_out, height, width)
+    assert ops.conv3x3_path(x, kernel, algorithm="winograd") == path
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal((2, height, width, channels_out)),
+                            jnp.float32)
 
     def pulled(conv):
         value, vjp = jax.vjp(conv, x, kernel)
         return value, vjp(cotangent)
 
     expected = pulled(direct)
-    actual = jax.jit(lambda: pulled(models.conv3x3))()
-    chex.assert_trees_all_close(actual, expected, atol=2e-4, rtol=2e-4)
+    for algorithm in ("winograd", "xla"):
+        actual = jax.jit(lambda: pulled(lambda a, k: ops.conv3x3(a, k, algorithm=algorithm)))()  # noqa: B023
+        chex.assert_trees_all_close(actual, expected, atol=2e-4, rtol=2e-4)
 
 
-def test_drn_outputs_do_not_depend_on_the_algorithm(monkeypatch):
-    model = models.DRN(4, features=16, modules_per_block=1)
+@pytest.mark.parametrize("channels_in,channels_out,shuffle", [(16, 64, 2), (32, 12, 2), (32, 32, 1)])
+def test_conv3x3_bias_and_shuffle_equal_across_algorithms(channels_in, channels_out, shuffle):
+    """The Winograd output transform's fused bias and pixel shuffle, values and all gradients."""
+    x, kernel, bias = operands(channels_in, channels_out, 6, 9)
+
+    def loss(algorithm):
+        def f(a, k, b):
+            y = ops.conv3x3(a, k, b, shuffle=shuffle, algorithm=algorithm)
+            return jnp.sum(jnp.sin(y)), y
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(x, kernel, bias)
+
+    winograd, xla = loss("winograd"), loss("xla")
+    assert xla[0][1].shape == (2, 6 * shuffle, 9 * shuffle, channels_out // shuffle**2)
+    chex.assert_trees_all_close(winograd, xla, atol=2e-4, rtol=2e-4)
+
+
+def test_conv3x3_paths():
+    x, kernel, _ = operands(32, 32, 4, 4)
+    cpu = jax.default_backend() == "cpu"
+    assert ops.conv3x3_path(x, kernel, algorithm="auto") == ("winograd" if cpu else "xla")
+    assert ops.conv3x3_path(x, kernel, algorithm="winograd") == "winograd"
+    assert ops.conv3x3_path(x, kernel, algorithm="xla") == "xla"
+    # Strided, non-float32 and few input channels use XLA's convolution whatever is asked.
+    assert ops.conv3x3_path(x, kernel, stride=2, algorithm="winograd") == "xla"
+    assert ops.conv3x3_path(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), algorithm="winograd") == "xla"
+    assert ops.conv3x3_path(x[..., :3], kernel[:, :, :3], algorithm="winograd") == "xla"
+
+
+def test_conv3x3_rejects_an_unknown_algorithm():
+    x, kernel, _ = operands(16, 16, 4, 4)
+    with pytest.raises(ValueError, match="'auto', 'winograd', 'xla'"):
+        ops.conv3x3(x, kernel, algorithm="direct")
+
+
+def test_conv3x3_stride2_pads_like_pytorch():
+    x, kernel, bias = operands(3, 16, 7, 8)
+    y = ops.conv3x3(x, kernel, bias, stride=2, algorithm="auto")
+    expected = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    assert y.shape == (2, 4, 4, 16)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_drn_outputs_do_not_depend_on_the_algorithm():
     lr = jax.random.uniform(jax.random.key(1), (1, 10, 12, 3))
-    variables = model.init(jax.random.key(0), lr)
+    variables = models.DRN(4, features=16, modules_per_block=1).init(jax.random.key(0), lr)
     results = {}
-    for algorithm in ("direct", "winograd"):
-        monkeypatch.setenv("DRN_JAX_CONV", algorithm)
-        loss = lambda params: jnp.mean(model.apply({"params": params}, lr).primal[-1] ** 2)
+    for algorithm in ("xla", "winograd"):
+        model = models.DRN(4, features=16, modules_per_block=1, conv=algorithm)
+        loss = lambda params: jnp.mean(model.apply({"params": params}, lr).primal[-1] ** 2)  # noqa: B023
         results[algorithm] = jax.jit(jax.value_and_grad(loss))(variables["params"])
-    chex.assert_trees_all_close(results["winograd"], results["direct"], atol=1e-5, rtol=1e-3)
+    chex.assert_trees_all_close(results["winograd"], results["xla"], atol=1e-5, rtol=1e-3)
+
+
+def test_conv_attribute_is_validated_and_visible():
+    assert models.CONV_ALGORITHMS == ops.CONV_ALGORITHMS == ("auto", "winograd", "xla")
+    with pytest.raises(ValueError, match="conv must be one of 'auto', 'winograd', 'xla'; got 'bogus'"):
+        models.DRN(4, conv="bogus")
+    assert models.DRN(4).conv == "auto"
+    model = models.DRN(4, conv="xla")
+    assert model.conv == "xla"
+    assert "conv = 'xla'" in repr(model)
+    assert model.clone(conv="winograd").conv == "winograd"
+
+
+def test_conv_attribute_reaches_every_convolution():
+    """Every ``_Conv3x3`` in the bound module tree carries the DRN's choice."""
+    lr = jnp.zeros((1, 4, 4, 3))
+    model = models.DRN(2, features=16, modules_per_block=1, conv="xla")
+    seen = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if type(context.module).__name__ == "_Conv3x3":
+            seen.append((context.module.name, context.module.conv))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(model.init, jax.random.key(0), lr)
+    names = {name for name, _ in seen}
+    assert {"head", "conv_0", "conv_1", "upsample", "to_rgb", "down"} <= names
+    assert {conv for _, conv in seen} == {"xla"}
+
+
+def test_parameters_do_not_depend_on_the_algorithm():
+    lr = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+    trees = [jax.eval_shape(models.DRN(4, features=16, modules_per_block=1, conv=conv).init,
+                            jax.random.key(0), lr) for conv in models.CONV_ALGORITHMS]
+    for tree in trees[1:]:
+        chex.assert_trees_all_equal_shapes_and_dtypes(tree, trees[0])

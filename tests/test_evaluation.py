@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import evaluation, inference, models, plots
+from drn_jax import evaluation, inference, loading, models, plots
 from tiny_models import tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,12 +83,11 @@ def test_model_evaluates_end_to_end(tmp_path, monkeypatch):
     config = ml_collections.ConfigDict({"scale": 4, "data": {"val": "samples:val"}})
     calls = []
 
-    def load_for_inference(workdir=None, checkpoint=None):
+    def load_model(workdir=None, checkpoint=None, pretrained=None):
         calls.append((workdir, checkpoint))
         return config, model, variables
 
-    from drn_jax import checkpointing
-    monkeypatch.setattr(checkpointing, "load_for_inference", load_for_inference)
+    monkeypatch.setattr(loading, "load_model", load_model)
     lines = []
     results = evaluation.run(evaluation.EvalOptions(
         workdir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), save_images=True,

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from drn_jax import checkpointing, input_pipeline, training
+from drn_jax import checkpointing, data, loading, model_factory, train_state, training
 from test_reliability import TINY, Run, config_flags, data_overrides, default_config, subprocess_env, write_images
 
 STEPS = 30
@@ -55,15 +55,15 @@ def finish_job(runs: list[Run], timeout: float = 400) -> None:
 def reference_params(folder):
     """STEPS steps on 8 devices in this process, each global batch = process 0's + process 1's."""
     config = default_config(**RUN, **data_overrides(folder))
-    model = training.create_model(config)
-    optimizer = training.create_optimizer(config)
+    model = model_factory.create_model(config)
+    optimizer = train_state.create_optimizer(config)
     mesh = training.make_mesh()
     assert mesh.size == 8
-    state = training.replicate(training.create_train_state(config, model, optimizer, jax.random.key(config.seed)),
+    state = training.replicate(train_state.create_train_state(config, model, optimizer, jax.random.key(config.seed)),
                                mesh)
     step = training.make_train_step(config, model, optimizer, mesh)
-    source = input_pipeline.parse_source(config.data.train)
-    streams = [input_pipeline.create_train_dataset(
+    source = data.parse_source(config.data.train)
+    streams = [data.create_train_dataset(
         source, patch_size=config.data.hr_patch_size, batch_size=config.batch_size // 2, seed=config.seed,
         shuffle_buffer=config.data.shuffle_buffer, process_index=index, process_count=2).as_numpy_iterator()
         for index in range(2)]
@@ -108,8 +108,11 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path, tm
     assert data["positions"] == [STEPS * local_batch] * 2
 
     # 3. The parameters of one 8-device process fed the same global batches.
-    params = checkpointing.load_for_inference(workdir)[2]["params"]
-    chex.assert_trees_all_close(params, reference_params(folder), atol=1e-6, rtol=0)
+    params = loading.load_model(workdir=workdir).variables["params"]
+    # Gloo's cross-process sum adds in another order than one process's all-reduce; Adam divides
+    # by sqrt(v), so a kernel entry whose gradient is near zero can move by ~1e-5 for a 1e-9
+    # difference in it (seen: 4 of 576 entries of one kernel, 1.0e-5; all others within 1e-6).
+    chex.assert_trees_all_close(params, reference_params(folder), atol=3e-5, rtol=0)
 
 
 def test_each_process_restores_its_own_data_position(tmp_path):

@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import checkpointing, cli, training
+from drn_jax import checkpointing, cli, loading, model_factory, train_state, training
+from drn_jax.errors import NonFiniteLossError
 from drn_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -97,8 +98,8 @@ def subprocess_env(tmp_path_factory, devices: int = 8, **extra) -> dict:
 class Run:
     """A train.py subprocess whose stdout and stderr lines are read as they come."""
 
-    def __init__(self, args, env, cwd=REPO):
-        self.process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+    def __init__(self, args, env, cwd=REPO, script=REPO / "train.py"):
+        self.process = subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.stdout: list[str] = []
@@ -156,7 +157,7 @@ def error_lines(stderr: str) -> list[str]:
 
 def restored_params(workdir: pathlib.Path, step: int | None = None):
     checkpoint = workdir / "checkpoints" / str(step) if step is not None else None
-    return checkpointing.load_for_inference(None if checkpoint else workdir, checkpoint)[2]["params"]
+    return loading.load_model(workdir=None if checkpoint else workdir, checkpoint=checkpoint).variables["params"]
 
 
 def saved_steps(workdir: pathlib.Path) -> list[int]:
@@ -194,7 +195,8 @@ def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_ru
     # 1. Killed inside the commit of checkpoint 6: the test hook holds the commit (before
     # orbax's rename) long enough to kill it there. Checkpoint 3 is complete by then: orbax
     # starts a save only once the previous one has finished.
-    run = Run(args, subprocess_env(tmp_path_factory, **{checkpointing.TEST_COMMIT_DELAY_ENV: "6:60"}))
+    run = Run(args, subprocess_env(tmp_path_factory, DRN_TEST_COMMIT_DELAY="6:60"),
+              script=REPO / "tests" / "slow_commit_train.py")
     run.wait_for(r"test hook: committing checkpoint .*/checkpoints/6\.orbax-checkpoint-tmp")
     run.kill_9()
     assert saved_steps(tmp_path) == [3]
@@ -294,7 +296,7 @@ def test_non_finite_state_is_never_saved(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "create_optimizer", poisoned_optimizer)
     config = default_config(**{**TINY, "num_train_steps": 8, "checkpoint_every_steps": 2},
                             **data_overrides(image_folder))
-    with pytest.raises(training.NonFiniteLossError, match=r"step 4: the parameters or the optimiser state "
+    with pytest.raises(NonFiniteLossError, match=r"step 4: the parameters or the optimiser state "
                        r"are not finite.*the last checkpoint, step 2 in"):
         training.train_and_evaluate(config, tmp_path)
     assert saved_steps(tmp_path) == [2]
@@ -323,11 +325,16 @@ def fill(folder: pathlib.Path, leave: int) -> None:
     """Fills the file system holding `folder`, then frees `leave` bytes."""
     filler = folder / f"filler{len(list(folder.glob('filler*')))}"
     chunk = os.urandom(1 << 16)
-    with open(filler, "wb") as handle:
+    try:
+        handle = open(filler, "wb", buffering=0)  # unbuffered: close() has nothing left to flush
+    except OSError:  # already so full that not even an empty file fits
+        if leave:
+            raise
+        return
+    with handle:
         with contextlib.suppress(OSError):
             while True:
                 handle.write(chunk)
-                handle.flush()
     size = filler.stat().st_size
     with open(filler, "r+b") as handle:
         handle.truncate(max(0, size - leave))

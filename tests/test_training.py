@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from drn_jax import config as config_lib
-from drn_jax import training
+from drn_jax import loading, model_factory, train_state, training
 from drn_jax.resize import imresize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_lr_pyramid_levels_are_the_project_bicubic():
 def test_step_on_8_devices_equals_1_device(progressive, dual):
     assert jax.device_count() == 8, "conftest should emulate 8 CPU devices"
     config = tiny_config(**{"model.progressive": progressive, "model.dual": dual})
-    model = training.create_model(config)
+    model = model_factory.create_model(config)
     # Plain SGD: the update is linear in the gradient, so a tight tolerance checks the
     # cross-device averaging itself (Adam divides near-zero gradients by their own
     # magnitude and turns reduction-order noise into lr-sized differences).
@@ -78,7 +78,7 @@ def test_step_on_8_devices_equals_1_device(progressive, dual):
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = training.make_mesh(devices)
         state = training.replicate(
-            training.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
+            train_state.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
         step = training.make_train_step(config, model, optimizer, mesh)
         for _ in range(2):
             state, metrics = step(state, training.global_batch(hr, mesh))
@@ -91,10 +91,10 @@ def test_step_on_8_devices_equals_1_device(progressive, dual):
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
     config = tiny_config(learning_rate=3e-3)
-    model = training.create_model(config)
-    optimizer = training.create_optimizer(config)
+    model = model_factory.create_model(config)
+    optimizer = train_state.create_optimizer(config)
     mesh = training.make_mesh()
-    state = training.replicate(training.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
+    state = training.replicate(train_state.create_train_state(config, model, optimizer, jax.random.key(0)), mesh)
     step = training.make_train_step(config, model, optimizer, mesh)
     rows, cols = np.mgrid[0:32, 0:32]
     hr = np.broadcast_to(np.stack([rows * 8, cols * 8, (rows + cols) * 4], -1), (8, 32, 32, 3)).astype(np.uint8)
@@ -107,7 +107,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
 
 def test_schedule_is_step_decay():
     config = tiny_config(learning_rate=1e-4, lr_decay_every=10, lr_decay_factor=0.1)
-    schedule = training.learning_rate_schedule(config)
+    schedule = train_state.learning_rate_schedule(config)
     np.testing.assert_allclose([schedule(0), schedule(9), schedule(10), schedule(25)], [1e-4, 1e-4, 1e-5, 1e-6],
                                rtol=1e-6)
 
@@ -123,7 +123,7 @@ def folder_config(folder: pathlib.Path, **overrides) -> ml_collections.ConfigDic
 
 def restored_params(workdir: pathlib.Path):
     from drn_jax import checkpointing
-    return checkpointing.load_for_inference(workdir)[2]["params"]
+    return loading.load_model(workdir=workdir).variables["params"]
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,8 @@ def test_resumed_run_equals_uninterrupted(uninterrupted_run, image_folder, tmp_p
     assert summary["step"] == 6
     chex.assert_trees_all_close(restored_params(tmp_path), restored_params(reference_dir), atol=1e-7, rtol=0)
     # And it really trained: the parameters moved away from the initial ones.
-    initial = training.create_train_state(folder_config(image_folder), training.create_model(folder_config(image_folder)),
-                                          training.create_optimizer(folder_config(image_folder)), jax.random.key(0)).params
+    initial = train_state.create_train_state(folder_config(image_folder), model_factory.create_model(folder_config(image_folder)),
+                                          train_state.create_optimizer(folder_config(image_folder)), jax.random.key(0)).params
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), restored_params(tmp_path), initial)
     assert max(jax.tree.leaves(moved)) > 1e-4
 
@@ -244,10 +244,10 @@ def test_empty_folder_is_a_one_line_error(tmp_path):
 
 def test_parameter_ema_follows_its_update_rule():
     config = tiny_config(ema_decay=0.75)
-    model = training.create_model(config)
-    optimizer = training.create_optimizer(config)
+    model = model_factory.create_model(config)
+    optimizer = train_state.create_optimizer(config)
     mesh = training.make_mesh()
-    initial = training.create_train_state(config, model, optimizer, jax.random.key(0))
+    initial = train_state.create_train_state(config, model, optimizer, jax.random.key(0))
     initial_params = jax.device_get(initial.params)
     step = training.make_train_step(config, model, optimizer, mesh)
     hr = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
@@ -257,10 +257,10 @@ def test_parameter_ema_follows_its_update_rule():
     state, _ = step(training.replicate(initial, mesh), batch)
     expected = jax.tree.map(lambda new, old: 0.9 * new + 0.1 * old, jax.device_get(state.params), initial_params)
     chex.assert_trees_all_close(jax.device_get(state.ema_params), expected, atol=1e-7)
-    assert training.eval_params(state) is state.ema_params
+    assert train_state.eval_params(state) is state.ema_params
 
     # Late in a run (n = 1000) the configured decay applies.
-    fresh = training.create_train_state(config, model, optimizer, jax.random.key(0))  # the first was donated
+    fresh = train_state.create_train_state(config, model, optimizer, jax.random.key(0))  # the first was donated
     late = training.replicate(fresh.replace(step=jnp.asarray(1000, jnp.int32)), mesh)
     state, _ = step(late, batch)
     expected = jax.tree.map(lambda new, old: 0.25 * new + 0.75 * old, jax.device_get(state.params), initial_params)

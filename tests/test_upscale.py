@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import upscale
+from drn_jax import loading, upscale
 from tiny_models import tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -45,12 +45,10 @@ def write_inputs(folder: pathlib.Path) -> dict[str, str]:
 
 @pytest.fixture
 def tiny_checkpoint(monkeypatch):
-    """`load_for_inference` returning a small random DRN, as a checkpoint would."""
+    """`load_model` returning a small random DRN, as a checkpoint would."""
     model, variables = tiny_model()
     config = ml_collections.ConfigDict({"scale": 4})
-    from drn_jax import checkpointing
-    monkeypatch.setattr(checkpointing, "load_for_inference", lambda workdir=None, checkpoint=None: (
-        config, model, variables))
+    monkeypatch.setattr(loading, "load_model", lambda **sources: (config, model, variables))
 
 
 def check_outcomes(stderr: str, inputs: pathlib.Path, outputs: pathlib.Path, expected: dict[str, str]):

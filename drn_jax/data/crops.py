@@ -1,0 +1,99 @@
+"""The one random crop, and the one image order, of every data source (NumPy).
+
+Both are stateless: a pure function of a key (from `base.derive_key`) and a counter, so
+that any position of a stream can be produced without the ones before it (exact,
+free resuming) and on any thread.
+
+* `crop_window` -- for (key, position) and an image's size: the top-left corner of a
+  ``patch`` x ``patch`` window, uniform over the image, and one of the 8 dihedral
+  transforms, uniform. The random bits are a keyed hash used as a counter-based
+  generator: the 24-byte BLAKE2b digest of (key, position) as two little-endian
+  uint64 (``struct.pack("<QQ", key, position)``), read as three little-endian 64-bit
+  words, each reduced modulo its range (the bias is below 1e-12 for sides under
+  millions). Hashing costs less than constructing a generator per crop.
+* `dihedral` -- transform ``t`` is ``np.rot90(window, t % 4)`` (counter-clockwise),
+  then a left-right flip when ``t >= 4``.
+* `crop` -- both, written into a caller's array (the batch being assembled).
+* `permutation` -- a permutation of ``n`` keyed by (key, counter): the image order of
+  one epoch (folders) or one shuffle block (TFDS). It sorts ``n`` raw 64-bit words of
+  NumPy's Philox generator keyed by (key, counter) -- fixed by the Philox4x64-10
+  algorithm -- rather than calling ``Generator.permutation``, whose output NumPy may
+  change between releases: checkpoints store positions, and a run resumed under
+  another NumPy must draw the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+NUM_TRANSFORMS = 8
+
+
+def crop_window(key: int, position: int, height: int, width: int,
+                patch: int) -> tuple[int, int, int]:
+    """(top, left, transform in [0, 8)) of the crop at ``position`` of an image.
+
+    Args:
+      key: a non-negative int below 2**64 (the stream's crop key).
+      position: the crop's position in the stream, >= 0.
+      height, width: the image's size; both >= ``patch``.
+      patch: side of the square window.
+    """
+    digest = hashlib.blake2b(struct.pack("<QQ", key, position), digest_size=24).digest()
+    words = struct.unpack("<3Q", digest)
+    top = words[0] % (height - patch + 1)
+    left = words[1] % (width - patch + 1)
+    return top, left, words[2] % NUM_TRANSFORMS
+
+
+def dihedral(pixels: np.ndarray, transform: int) -> np.ndarray:
+    """A view of (H, W, ...) ``pixels`` rotated by ``transform % 4`` quarter turns
+    counter-clockwise, then flipped left-right when ``transform >= 4``."""
+    pixels = np.rot90(pixels, transform % 4)
+    return pixels[:, ::-1] if transform >= 4 else pixels
+
+
+# Transforms whose view keeps each row's pixels in order (identity; rotation by 180
+# degrees then a left-right flip, i.e. an upside-down flip): NumPy copies those row by
+# row. The others reverse or transpose the (pixel, channel) layout, and NumPy copies
+# them 3 bytes at a time unless each channel is copied separately (3-4x faster).
+_ROW_ORDER_KEPT = (0, 6)
+
+
+def crop(image: np.ndarray, key: int, position: int, patch: int,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """The crop at ``position``: a window of ``image`` (`crop_window`), transformed.
+
+    Args:
+      image: uint8 (H, W, C) with H, W >= ``patch``.
+      key, position: as for `crop_window`.
+      patch: side of the crop.
+      out: where to write it, (patch, patch, C) of ``image``'s dtype; None: a new array.
+
+    Returns:
+      ``out`` (or the new array), uint8 (patch, patch, C).
+    """
+    height, width = image.shape[:2]
+    top, left, transform = crop_window(key, position, height, width, patch)
+    view = dihedral(image[top:top + patch, left:left + patch], transform)
+    if out is None:
+        out = np.empty((patch, patch) + image.shape[2:], image.dtype)
+    if transform in _ROW_ORDER_KEPT or image.ndim != 3:
+        out[...] = view
+    else:
+        for channel in range(image.shape[2]):
+            out[..., channel] = view[..., channel]
+    return out
+
+
+def permutation(key: int, counter: int, n: int) -> np.ndarray:
+    """A pseudo-random permutation of ``range(n)``, int64, keyed by (key, counter).
+
+    ``argsort`` of ``np.random.Philox(key=[key, counter]).random_raw(n)`` (stable, so
+    equal words, which are vanishingly rare, keep their index order).
+    """
+    words = np.random.Philox(key=[key, counter]).random_raw(n)
+    return np.argsort(words, kind="stable").astype(np.int64, copy=False)

@@ -1,0 +1,18 @@
+"""Array-level operations behind the DRN modules, free of Flax (``drn_jax.ops`` never imports
+:mod:`drn_jax.models`).
+
+* :func:`conv3x3`: the 3×3 convolution (+ bias, + pixel shuffle) with an explicit ``algorithm``,
+  one of :data:`CONV_ALGORITHMS` = ``("auto", "winograd", "xla")``;
+* :func:`pixel_shuffle`: PyTorch-order depth to space;
+* :mod:`drn_jax.ops.winograd`: the Winograd F(4×4, 3×3) and shifted-sum convolutions for CPU.
+"""
+
+from drn_jax.ops.conv import (
+    CONV_ALGORITHMS,
+    check_conv_algorithm,
+    conv3x3,
+    conv3x3_path,
+    pixel_shuffle,
+)
+
+__all__ = ["CONV_ALGORITHMS", "check_conv_algorithm", "conv3x3", "conv3x3_path", "pixel_shuffle"]

@@ -1,0 +1,76 @@
+"""Training on a folder, resuming and evaluating on a JAX install without TensorFlow.
+
+GPU and TPU machines often carry JAX, Flax, optax, orbax, Pillow and tensorboard but no
+TensorFlow or TFDS. The subprocesses here run with an import hook that makes ``import
+tensorflow`` (and ``tensorflow_datasets``) fail, as on such a machine.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# As if they were not installed: `import` fails and `importlib.util.find_spec` (which orbax and
+# etils use to probe for TensorFlow) says there is no such module.
+BLOCKER = '''
+import sys
+sys.modules["tensorflow"] = None
+sys.modules["tensorflow_datasets"] = None
+'''
+
+TINY = ["--config.model.features=8", "--config.model.modules_per_block=1", "--config.data.hr_patch_size=32",
+        "--config.batch_size=8", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+        "--config.eval_every_steps=2", "--config.data.val_limit=2"]
+
+
+@pytest.fixture(scope="module")
+def no_tf_env(tmp_path_factory) -> dict:
+    hooks = tmp_path_factory.mktemp("no_tf")
+    (hooks / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env.pop("DRN_DEBUG", None)
+    return env
+
+
+def _run(args, env, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_blocker_blocks(no_tf_env, tmp_path):
+    result = _run(["-c", "import tensorflow"], no_tf_env, tmp_path)
+    assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_resume_and_eval_without_tensorflow(no_tf_env, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / f"img{index}.png")
+    workdir = tmp_path / "run"
+    common = [str(REPO / "train.py"), f"--workdir={workdir}", *TINY,
+              f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}"]
+
+    first = _run([*common, "--config.num_train_steps=2"], no_tf_env, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = _run([*common, "--config.num_train_steps=4"], no_tf_env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 2 (data position 16)" in resumed.stdout
+    assert json.loads((workdir / "summary.json").read_text())["step"] == 4
+    assert any((workdir / "tensorboard").iterdir())  # events written without TensorFlow
+
+    evaluated = _run([str(REPO / "eval.py"), f"--workdir={workdir}", f"--datasets=folder:{images}"],
+                     no_tf_env, tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    results = json.loads((workdir / "eval" / "results.json").read_text())
+    assert results[f"folder:{images}"]["images"] == 4
+    assert 5.0 < results[f"folder:{images}"]["psnr"] < 60.0
