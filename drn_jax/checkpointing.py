@@ -18,9 +18,10 @@ What survives a crash:
 * Errors writing a checkpoint (full disk, read-only folder) are one-line `OSError`\\s naming
   the folder; the earlier checkpoints are untouched (orbax deletes old steps only after a
   new one is complete). Orbax also logs such a failure, with tracebacks, from its background
-  threads; entry points that want one line only run inside :func:`quiet_storage_errors`.
+  threads; entry points that want one line only call :func:`install_quiet_storage_errors`.
 
-Nothing here changes process-wide state unless :func:`quiet_storage_errors` is entered.
+Nothing here changes process-wide state unless :func:`install_quiet_storage_errors` is called
+(or :func:`quiet_storage_errors` entered).
 """
 
 from __future__ import annotations
@@ -351,12 +352,6 @@ def check_compatible(workdir: str | pathlib.Path | RunDir, config: ml_collection
                           "use a new --workdir or the same config")
 
 
-def latest_step(run: RunDir) -> int | None:
-    """The newest complete checkpoint step of `run`, or None."""
-    steps = run.saved_steps()
-    return steps[-1] if steps else None
-
-
 def restore_params(run: RunDir, step: int | None, abstract_params: Any, *, ema: bool) -> tuple[Any, int]:
     """``(params, step)``: the parameters alone (or their EMA) of a checkpoint, for inference.
 
@@ -366,8 +361,10 @@ def restore_params(run: RunDir, step: int | None, abstract_params: Any, *, ema: 
 
     Raises ``FileNotFoundError`` with a one-line message when there is no such checkpoint.
     """
-    step = latest_step(run) if step is None else step
-    if step is None or step not in run.saved_steps():
+    steps = run.saved_steps()
+    if step is None and steps:
+        step = steps[-1]
+    if step not in steps:
         raise FileNotFoundError(f"no checkpoint in {run.path}; run `python train.py --workdir={run.path}` first")
     key = "ema_params" if ema else "params"
     item = {key: abstract_params}

@@ -12,14 +12,15 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from absl import flags
 from ml_collections import config_flags
 
 from drn_jax.errors import USER_ERRORS, RunError, one_line
 
-__all__ = ["define_config_file", "parse_flags", "print_error", "user_errors"]
+__all__ = ["define_config_file", "exit_status", "parse_flags", "print_error", "user_errors"]
 
 
 def print_error(message: str | BaseException) -> None:
@@ -47,6 +48,18 @@ def user_errors(exit_code: int = 2) -> Iterator[None]:
             raise
         print_error(err)
         sys.exit(exit_code)
+
+
+def exit_status(function: Callable[..., int], *args: Any) -> int:
+    """``function(*args)``'s status, or, for an error :func:`user_errors` prints, its exit status.
+
+    For console scripts whose ``main`` returns a status instead of exiting (testable in-process).
+    """
+    try:
+        with user_errors():
+            return function(*args)
+    except SystemExit as stop:
+        return int(stop.code)
 
 
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> list[str]:

@@ -499,9 +499,8 @@ def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Res
 
 def _saved_config(workdir: pathlib.Path | None):
     """The config saved in ``workdir``, or None when there is no run there."""
-    if workdir is None or not RunDir(workdir).has_config():
-        return None
-    return RunDir(workdir).load_config()
+    run = RunDir(workdir) if workdir is not None else None
+    return run.load_config() if run is not None and run.has_config() else None
 
 
 def _saved_scale(workdir: pathlib.Path | None) -> int | None:

@@ -106,22 +106,16 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: b
     path = pathlib.Path(path)
     if not path.is_file():
         raise ImageReadError(path, "no such file")
+    # Our own limit, from the header, before Pillow's fixed one could refuse with its own value.
     height, width = image_size(path)
     if width * height > max_pixels:
         raise ImageReadError(path, f"header declares {width}x{height} pixels, over the limit of "
                              f"{max_pixels} (a decompression bomb?); raise --max_pixels if it is real")
     try:
         with warnings.catch_warnings():
-            # We enforce our own pixel limit below, with a clearer message.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above
             with Image.open(path) as image:
                 width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageReadError(
-                        path,
-                        f"header declares {width}x{height} pixels, over the limit of "
-                        f"{max_pixels} (a decompression bomb?); raise --max_pixels if it is real",
-                    )
                 if width < 1 or height < 1:
                     raise ImageReadError(path, f"empty image ({width}x{height})")
                 image.load()

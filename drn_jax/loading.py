@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from drn_jax import checkpointing, model_factory, models, zoo
@@ -71,9 +70,7 @@ def load_model(*, workdir: str | os.PathLike | None = None, checkpoint: str | os
         raise FileNotFoundError(f"no checkpoint in {run.path}; run `python train.py --workdir={run.path}` first")
     config = run.load_config()
     model = model_factory.create_model(config, **model_overrides)
-    lr_size = max(1, config.data.hr_patch_size // config.scale)
-    abstract = jax.eval_shape(model.init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32))["params"]
+    abstract = model_factory.abstract_params(model)
     # Onto this process's first device, whatever topology saved it (e.g. a pod slice).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from drn_jax import models
 
-__all__ = ["create_model"]
+__all__ = ["abstract_params", "create_model"]
 
 
 def create_model(config: ml_collections.ConfigDict | Mapping[str, Any], **overrides: Any) -> models.DRN:
@@ -33,3 +34,12 @@ def create_model(config: ml_collections.ConfigDict | Mapping[str, Any], **overri
     )
     fields.update(overrides)
     return models.DRN(**fields)
+
+
+def abstract_params(model: models.DRN, lr_size: int = 8) -> Any:
+    """The parameter tree of `model` as ``jax.ShapeDtypeStruct``s, without computing any.
+
+    DRN's parameters do not depend on the image size; `lr_size` is only the traced input's side.
+    """
+    lr = jax.ShapeDtypeStruct((1, lr_size, lr_size, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), lr)["params"]

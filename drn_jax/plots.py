@@ -300,12 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags.DEFINE_list("datasets", None, "dataset panels (default: all)", flag_values=values)
     flags.DEFINE_list("labels", None, "point labels, one per results file", flag_values=values)
     results = cli.parse_flags(["drn_jax.plots", *(sys.argv[1:] if argv is None else argv)], values)[1:]
-    with cli.user_errors():
-        if not results or not values.out:
-            raise ValueError("usage: python -m drn_jax.plots RESULTS.json... --out=FILE")
-        if values.labels and len(values.labels) != len(results):
-            raise ValueError(f"--labels has {len(values.labels)} names for {len(results)} files")
-        print(plot_psnr_vs_params(results, values.out, labels=values.labels, datasets=values.datasets))
+    return cli.exit_status(_plot, results, values)
+
+
+def _plot(results: Sequence[str], values: flags.FlagValues) -> int:
+    if not results or not values.out:
+        raise ValueError("usage: python -m drn_jax.plots RESULTS.json... --out=FILE")
+    if values.labels and len(values.labels) != len(results):
+        raise ValueError(f"--labels has {len(values.labels)} names for {len(results)} files")
+    print(plot_psnr_vs_params(results, values.out, labels=values.labels, datasets=values.datasets))
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from drn_jax import cli, loading, models, plots, zoo
 from drn_jax.files import write_atomic
@@ -113,7 +113,7 @@ def export(source: str | os.PathLike, name: str, *, card: Mapping[str, Any] | No
         full_card.update(wall_seconds=span, train_seconds=None, images_per_second=None)
     full_card.update(card or {})
     folder = zoo.directory(path)
-    if plots.load_eval_curve(run.metrics_file)[0] if run.metrics_file.is_file() else False:
+    if run.metrics_file.is_file() and plots.load_eval_curve(run.metrics_file)[0]:
         curve = folder / f"{name}_curve.png"
         plots.plot_training_curves({f"{name} (validation: {portable_source(config['data']['val'])})":
                                     [run.metrics_file]}, curve, title=f"DRN {name}: validation PSNR",
@@ -248,36 +248,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = flags.FlagValues()
     _define_flags(values)
     rest = cli.parse_flags(["drn_jax.pretrained", *(sys.argv[1:] if argv is None else argv)], values)[1:]
-    try:
-        return _run(rest, values)
-    except SystemExit as stop:  # printed in one line by cli.user_errors
-        return int(stop.code)
+    return cli.exit_status(_run, rest, values)
 
 
 def _run(rest: Sequence[str], values: flags.FlagValues) -> int:
-    with cli.user_errors():
-        command = rest[0] if rest else None
-        if command == "list" and len(rest) == 1:
-            _list(values.dir)
-            return 0
-        if command == "card" and len(rest) == 2:
-            print(write_model_card(rest[1], values.dir))
-            return 0
-        if command == "export" and len(rest) == 1:
-            if bool(values.workdir) == bool(values.checkpoint) or not values.name:
-                raise ValueError("export needs --name and one of --workdir or --checkpoint")
-            card: dict[str, Any] = {}
-            if values.card_from:
-                card.update(card_from_results(values.card_from))
-            for key in ("data", "notes", "machine"):
-                if values[key].value:
-                    card[key] = values[key].value
-            params_path = export(values.checkpoint or values.workdir, values.name, card=card, path=values.dir)
-            card_path = write_model_card(values.name, values.dir)
-            print(f"exported {values.name}: {params_path} ({params_path.stat().st_size / 1e6:.2f} MB), "
-                  f"{params_path.with_suffix('.json')}, {card_path}")
-            return 0
-        raise ValueError(f"unknown command {' '.join(rest) or '(none)'!r}; usage: {' '.join(USAGE.split())}")
+    command = rest[0] if rest else None
+    if command == "list" and len(rest) == 1:
+        _list(values.dir)
+        return 0
+    if command == "card" and len(rest) == 2:
+        print(write_model_card(rest[1], values.dir))
+        return 0
+    if command == "export" and len(rest) == 1:
+        if bool(values.workdir) == bool(values.checkpoint) or not values.name:
+            raise ValueError("export needs --name and one of --workdir or --checkpoint")
+        card: dict[str, Any] = {}
+        if values.card_from:
+            card.update(card_from_results(values.card_from))
+        for key in ("data", "notes", "machine"):
+            if values[key].value:
+                card[key] = values[key].value
+        params_path = export(values.checkpoint or values.workdir, values.name, card=card, path=values.dir)
+        card_path = write_model_card(values.name, values.dir)
+        print(f"exported {values.name}: {params_path} ({params_path.stat().st_size / 1e6:.2f} MB), "
+              f"{params_path.with_suffix('.json')}, {card_path}")
+        return 0
+    raise ValueError(f"unknown command {' '.join(rest) or '(none)'!r}; usage: {' '.join(USAGE.split())}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ atomically, so a crash never leaves a half-written JSON document behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from drn_jax import events
-from drn_jax.files import jsonable, to_json, write_json
+from drn_jax.files import to_json, write_json
 from drn_jax.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ class RunWriter:
         return self._tensorboard
 
     def _record(self, event: str, step: int, values: Mapping[str, Any]) -> None:
-        self._metrics.write(json.dumps({"event": event, "step": step, "time": time.time(), **values},
-                                       default=jsonable) + "\n")
+        self._metrics.write(to_json({"event": event, "step": step, "time": time.time(), **values},
+                                    indent=None) + "\n")
 
     def log_text(self, message: str) -> None:
         if self.enabled:

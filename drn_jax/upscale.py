@@ -107,10 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     io_logger.setLevel(logging.INFO)  # greyscale replication is an INFO record; show it too
     io_logger.propagate = False
     try:
-        with cli.user_errors():
-            return _upscale_all(inputs, values)
-    except SystemExit as stop:  # a usage error, printed in one line by user_errors
-        return int(stop.code)
+        return cli.exit_status(_upscale_all, inputs, values)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -90,18 +90,19 @@ def read(name: str, path: str | os.PathLike | None = None) -> tuple[dict[str, An
     except Exception as err:  # noqa: BLE001 - msgpack raises several types
         raise ValueError(f"{params_path}: cannot be read ({one_line(err, 200)})") from None
     model = model_factory.create_model(config_lib.from_saved(meta["config"]))
-    expected = jax.eval_shape(model.init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))["params"]
-    want = {jax.tree_util.keystr(k): (tuple(v.shape), str(v.dtype))
-            for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-    got = {jax.tree_util.keystr(k): (tuple(v.shape), str(v.dtype))
-           for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    expected = model_factory.abstract_params(model)
+    want, got = _leaf_shapes(expected), _leaf_shapes(params)
     if want != got:
         differing = sorted(set(want.items()) ^ set(got.items()))[:1]
         raise ValueError(f"{params_path}: its parameters do not fit the model of {name}.json "
                          f"(first difference: {differing[0][0] if differing else '?'}); export it again")
     # The saved tree holds NumPy arrays; arrays on the device keep them bit for bit.
     return meta, jax.tree.map(jnp.asarray, params)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def write(name: str, params: Any, metadata: Mapping[str, Any], path: str | os.PathLike | None = None
