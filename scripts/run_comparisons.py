@@ -52,6 +52,8 @@ CONFIG_FILE = REPO / "configs" / "comparison.py"
 DATASETS = ("Set5", "Set14")
 METRICS = ("psnr", "ssim", "gradient_psnr")
 STATE_FILE = "comparisons.json"
+# Blocks of the report that other scripts write (their begin and end markers), kept on rewrite.
+KEPT_BLOCKS = (("<!-- pilots:begin -->", "<!-- pilots:end -->"),)
 
 # A run's PSNR moves by a few hundredths of a dB with the seed alone; without two-seed pairs to
 # measure that, this is the assumed seed-to-seed standard deviation of one run's score.
@@ -691,6 +693,11 @@ def write_report(out: str | pathlib.Path, report: str | pathlib.Path, *, command
               + (f" Seed-to-seed standard deviation of one run's PSNR: {noise_text}." if noise_text else ""), ""]
     lines += runs_table(out)
     text = "\n".join(lines)
+    # Other scripts' generated blocks (scripts/run_pilots.py) live in the same file: keep them.
+    previous = report.read_text() if report.is_file() else ""
+    for begin, end in KEPT_BLOCKS:
+        if begin in previous and end in previous:
+            text = text.rstrip("\n") + "\n\n" + begin + previous.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     report.parent.mkdir(parents=True, exist_ok=True)
     partial = report.with_name(report.name + ".partial")
     partial.write_text(text)

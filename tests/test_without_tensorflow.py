@@ -74,3 +74,29 @@ def test_train_resume_and_eval_without_tensorflow(no_tf_env, tmp_path):
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert results[f"folder:{images}"]["images"] == 4
     assert 5.0 < results[f"folder:{images}"]["psnr"] < 60.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file", ["configs/x4.py", "configs/x8.py"])
+def test_accelerator_recipe_trains_the_paper_network_without_tensorflow(config_file, no_tf_env, tmp_path):
+    """The README's one-command accelerator recipe, at a small size on the CPU: the paper's network
+    (F 64, R 7) in bfloat16, on a folder, with TensorFlow unimportable."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"img{index}.png")
+    workdir = tmp_path / "run"
+    result = _run([str(REPO / "train.py"), f"--config={REPO / config_file}:2", f"--workdir={workdir}",
+                   f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}",
+                   "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=2"],
+                  no_tf_env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    scale = 4 if "x4" in config_file else 8
+    assert (config["scale"], config["model"]["features"], config["model"]["modules_per_block"]) == (scale, 64, 7)
+    assert config["model"]["dtype"] == "bfloat16" and config["loss"]["name"] == "gs"
+    # `:2` sets the step count, and the schedule follows it: decays at 40% and 80%.
+    assert (config["num_train_steps"], config["lr_decay_every"], config["learning_rate"]) == (2, 1, 1e-4)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["step"] == 2 and np.isfinite(summary["val_psnr"])

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Short pilots of the shipped x4 recipe, side by side, and their table in docs/results.md.
+
+    python scripts/run_pilots.py --out runs/pilots                  # train, evaluate, report
+    python scripts/run_pilots.py --out runs/pilots --report_only
+
+Every pilot is the first shipped x4 recipe (``configs/x4_291.py`` with the values of `BASE`) at
+``--steps`` steps (default 400; its two step decays scale with the step count) with one setting
+changed: the schedule, the learning rate, width and depth,
+the HR patch, the batch, the parameter EMA, the loss. All use seed 0 (the seed keys the initial
+weights and the order of the crops); the baseline also runs with seed 1, which measures how far
+a score moves with the seed alone. Each pilot is then scored on Set5 and Set14 x4 with eval.py's
+protocol. The table says which setting the long run should take; how much a setting's lead
+after a few hundred steps survives a long run is a judgement, made in the configs' docstrings.
+
+The report replaces the block between ``<!-- pilots:begin -->`` and ``<!-- pilots:end -->`` in
+``--report`` (appending it when absent); ``scripts/run_comparisons.py`` keeps that block when it
+rewrites the rest of the file. The block also lists the shipped models (their cards), the long
+runs the pilots chose for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILE = REPO / "configs" / "x4_291.py"
+DEFAULT_STEPS = 400
+
+
+def _load(name: str, path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while a class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+# The comparisons' helpers: run folders, evaluation with eval.py's code, durations.
+rc = _load("run_comparisons", REPO / "scripts" / "run_comparisons.py")
+BEGIN, END = rc.KEPT_BLOCKS[0]  # the block of docs/results.md this script owns
+
+
+# The recipe the pilots start from: the first shipped x4 model's, pinned here so that the pilots
+# stay reproducible when configs/x4_291.py takes what they found.
+BASE: tuple[tuple[str, Any], ...] = (
+    ("model.features", 32), ("model.modules_per_block", 6), ("data.hr_patch_size", 64), ("batch_size", 16),
+    ("learning_rate", 4e-4), ("lr_schedule", "step"), ("lr_decay_factor", 0.3), ("warmup_steps", 0),
+    ("ema_decay", 0.999), ("loss.name", "gs"), ("loss.lam", 2.0), ("loss.dual_weight", 0.1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pilot:
+    name: str
+    group: str
+    label: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+
+
+def _pilots(steps: int) -> tuple[Pilot, ...]:
+    warmup = max(1, steps // 20)
+    return (
+        Pilot("base", "baseline", "x4_291 recipe: step decay ×0.3 at 5/12 and 10/12, lr 4e-4, F 32 R 6, "
+              "patch 64, batch 16, EMA 0.999, GS loss"),
+        Pilot("base-s1", "baseline", "the same, seed 1", seed=1),
+        Pilot("cosine", "schedule", "cosine decay to 0.05×", (("lr_schedule", "cosine"), ("lr_decay_factor", 0.05))),
+        Pilot("cosine-warmup", "schedule", f"cosine decay to 0.05×, {warmup}-step warm-up",
+              (("lr_schedule", "cosine"), ("lr_decay_factor", 0.05), ("warmup_steps", warmup))),
+        Pilot("lr2e-4", "learning rate", "lr 2e-4", (("learning_rate", 2e-4),)),
+        Pilot("lr8e-4", "learning rate", "lr 8e-4", (("learning_rate", 8e-4),)),
+        Pilot("f48r4", "width/depth", "F 48, R 4 (wider, shallower)",
+              (("model.features", 48), ("model.modules_per_block", 4))),
+        Pilot("f32r9", "width/depth", "F 32, R 9 (deeper)", (("model.modules_per_block", 9),)),
+        Pilot("patch96", "HR patch", "HR patch 96", (("data.hr_patch_size", 96),)),
+        Pilot("batch32", "batch", "batch 32", (("batch_size", 32),)),
+        Pilot("no-ema", "EMA", "no parameter EMA (raw parameters)", (("ema_decay", 0.0),)),
+        Pilot("l1", "loss", "MAE (ℓ1) instead of the GS loss", (("loss.name", "l1"),)),
+        Pilot("pixel-gradient", "loss", "MAE + 2·gradient loss (Eq. 3) instead of the GS loss",
+              (("loss.name", "pixel_gradient"),)),
+    )
+
+
+def build_config(pilot: Pilot, *, steps: int, data_dir: pathlib.Path, benchmark_dir: pathlib.Path,
+                 overrides: Sequence[tuple[str, Any]] = ()):
+    """configs/x4_291.py at `steps`, then the pilot's overrides and seed."""
+    from drn_jax import config as config_lib
+
+    config = _load("drn_pilot_config", CONFIG_FILE).get_config(str(steps))
+    for key, value in BASE:
+        config_lib.override(config, key, value)
+    config.lr_decay_every = max(1, round(steps * 5 / 12))  # two decays, at 5/12 and 10/12
+    config.data.train = rc.train_source(data_dir)
+    config.data.val = f"folder:{benchmark_dir / 'Set5' / 'HR'}"
+    config.eval_every_steps = max(1, steps // 8)
+    config.checkpoint_every_steps = max(1, steps // 2)
+    config.log_every_steps = max(1, min(50, steps // 8))
+    for key, value in (*pilot.overrides, *overrides):
+        config_lib.override(config, key, value)
+    config.seed = pilot.seed
+    return config
+
+
+def run_all(pilots: Sequence[Pilot], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> int:
+    from drn_jax import training
+    from drn_jax.errors import RunError
+
+    for path in (args.data_dir, args.benchmark_dir / "Set5" / "HR", args.benchmark_dir / "Set14" / "HR"):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder; see --data_dir and --benchmark_dir")
+    configs = {p.name: build_config(p, steps=args.steps, data_dir=args.data_dir,
+                                    benchmark_dir=args.benchmark_dir, overrides=overrides) for p in pilots}
+    for pilot in pilots:
+        saved = rc._read_json(args.out / pilot.name / "config.json")
+        if saved is not None and rc.config_differences(saved, configs[pilot.name]):
+            raise ValueError(f"{args.out / pilot.name} was trained with other settings; rerun with the same "
+                             "--steps/--override, or use another --out")
+    failed = []
+    start = time.perf_counter()
+    for index, pilot in enumerate(pilots, 1):
+        run_dir = args.out / pilot.name
+        if (run_dir / "results.json").is_file():
+            print(f"[{index}/{len(pilots)}] {pilot.name}: done, skipped", flush=True)
+            continue
+        print(f"[{index}/{len(pilots)}] {pilot.name} ({pilot.label}) | elapsed "
+              f"{rc._duration(time.perf_counter() - start)}", flush=True)
+        try:
+            if not (run_dir / "summary.json").is_file():
+                summary = training.train_and_evaluate(configs[pilot.name], run_dir)
+                if summary.get("stopped_by"):
+                    print(f"{summary['stopped_by']}: saved at step {summary['step']}; rerun to resume", flush=True)
+                    return 0
+            scores = rc.evaluate_run(run_dir, args.benchmark_dir)
+        except RunError as err:
+            print(f"error: {pilot.name}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+            failed.append(pilot.name)
+            continue
+        print(f"[{index}/{len(pilots)}] {pilot.name}: "
+              + ", ".join(f"{d} {scores[d]['psnr']:.2f} dB" for d in rc.DATASETS), flush=True)
+    if failed:
+        print(f"error: {len(failed)} pilot(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The report block
+# ---------------------------------------------------------------------------
+
+def _scores(out: pathlib.Path, name: str) -> dict[str, dict[str, float]] | None:
+    results = rc._read_json(out / name / "results.json")
+    if not results or not all(d in results for d in rc.DATASETS):
+        return None
+    return {d: {m: float(results[d][m]) for m in rc.METRICS} for d in rc.DATASETS}
+
+
+def pilot_lines(out: pathlib.Path, steps: int, report: pathlib.Path, command: str) -> list[str]:
+    from drn_jax import plots
+
+    pilots = _pilots(steps)
+    results = {p.name: _scores(out, p.name) for p in pilots}
+    summaries = {p.name: rc._read_json(out / p.name / "summary.json") for p in pilots}
+    base = results.get("base")
+    noise = None
+    if base and results.get("base-s1"):
+        noise = {d: abs(base[d]["psnr"] - results["base-s1"][d]["psnr"]) for d in rc.DATASETS}
+    lines = [
+        "## Pilots: choosing the recipe of the shipped models", "",
+        f"Each pilot is the first shipped x4 recipe (`configs/x4_291.py` as it was) trained for {steps} "
+        "steps (its two step decays scale with the step count) with one setting changed, seed 0, on T91 + BSD200; scored on Set5 and Set14 x4 "
+        "(Y, shave 4). Δ is against the baseline; the baseline's seed-1 run shows how far a score "
+        "moves with the seed alone. Time is the wall time of the training run on "
+        f"{(rc._read_json(out / 'pilots.json') or {}).get('machine', 'this machine')}.", "",
+        "Reproduce with:", "", f"    {command}", "",
+        "| group | setting | Set5 PSNR | Δ | Set14 PSNR | Δ | Set5 SSIM | Set14 grad. PSNR | time | crops/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pilot in pilots:
+        scores, summary = results[pilot.name], summaries[pilot.name] or {}
+        if scores is None:
+            lines.append(f"| {pilot.group} | {pilot.label} | not run | | | | | | | |")
+            continue
+
+        def delta(dataset: str) -> str:
+            if base is None or pilot.name == "base":
+                return "-"
+            return f"{scores[dataset]['psnr'] - base[dataset]['psnr']:+.2f}"
+
+        rate = summary.get("images_per_second")
+        lines.append(
+            f"| {pilot.group} | {pilot.label} | {scores['Set5']['psnr']:.2f} | {delta('Set5')} | "
+            f"{scores['Set14']['psnr']:.2f} | {delta('Set14')} | {scores['Set5']['ssim']:.4f} | "
+            f"{scores['Set14']['gradient_psnr']:.2f} | {rc._duration(summary.get('wall_seconds'))} | "
+            f"{f'{rate:.0f}' if rate else '-'} |")
+    if noise:
+        lines += ["", "Seed alone (baseline, seed 0 vs 1): "
+                  + ", ".join(f"{d} {noise[d]:.2f} dB" for d in rc.DATASETS) + "."]
+    curves = {p.label if len(p.label) < 40 else p.name: [out / p.name / "metrics.jsonl"] for p in pilots
+              if p.seed == 0 and (out / p.name / "metrics.jsonl").is_file()
+              and plots.load_eval_curve(out / p.name / "metrics.jsonl")[0]}
+    if curves:
+        figure = plots.plot_training_curves(curves, report.parent / "figures" / "pilots_x4.png",
+                                            title=f"Pilots of the x4 recipe ({steps} steps, Set5 x4)")
+        lines += ["", f"![Pilots: Set5 PSNR against steps]({os.path.relpath(figure, report.parent)})"]
+    return lines + [""]
+
+
+def final_lines() -> list[str]:
+    """The shipped models, from their cards: the long runs the pilots chose for."""
+    from drn_jax import zoo
+
+    lines = ["## Final runs: the shipped models", "",
+             "From the model cards in `drn_jax/pretrained/` (`python -m drn_jax.pretrained list`); "
+             "each card names its config, steps, wall time and machine.", "",
+             "| model | config | params | steps | wall time | Set5 PSNR / SSIM | Set14 PSNR / SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for name in zoo.available():
+        metadata = zoo.load_metadata(name)
+        card = metadata.get("card", {})
+        scores = card.get("scores", {})
+
+        def cell(dataset: str) -> str:
+            entry = scores.get(dataset)
+            return f"{entry['psnr']:.2f} / {entry['ssim']:.4f}" if entry else "-"
+
+        lines.append(f"| `{name}` | `configs/{card.get('source', '-')}.py` | {metadata.get('parameters', 0):,} | "
+                     f"{card.get('steps', '-')} | {rc._duration(card.get('wall_seconds'))} | "
+                     f"{cell('Set5')} | {cell('Set14')} |")
+    return lines + [""]
+
+
+def write_report(out: pathlib.Path, report: pathlib.Path, *, steps: int, command: str) -> str:
+    from drn_jax.files import write_atomic
+
+    block = "\n".join([BEGIN, "<!-- Generated by scripts/run_pilots.py from the pilot folders and the "
+                       "shipped model cards; do not edit by hand. -->", "",
+                       *pilot_lines(out, steps, report, command), *final_lines(), END])
+    text = report.read_text() if report.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    write_atomic(report, text.encode())
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python scripts/run_pilots.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "runs" / "pilots")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps of every pilot (default: %(default)s)")
+    parser.add_argument("--only", help="comma-separated pilot names; default: all")
+    parser.add_argument("--data_dir", type=pathlib.Path, default=rc.DEFAULT_DATA_DIR)
+    parser.add_argument("--benchmark_dir", type=pathlib.Path, default=rc.DEFAULT_BENCHMARK_DIR)
+    parser.add_argument("--report", type=pathlib.Path, default=rc.DEFAULT_REPORT)
+    parser.add_argument("--report_only", action="store_true", help="only rewrite the report block")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config field for every pilot (repeatable), e.g. model.features=4 for a smoke run")
+    args = parser.parse_args(argv)
+    try:
+        if args.steps < 1:
+            raise ValueError(f"--steps={args.steps} must be at least 1")
+        pilots = _pilots(args.steps)
+        if args.only:
+            names = {n.strip() for n in args.only.split(",") if n.strip()}
+            unknown = names - {p.name for p in pilots}
+            if unknown:
+                raise ValueError(f"--only: unknown pilot(s) {', '.join(sorted(unknown))}; "
+                                 f"use {', '.join(p.name for p in pilots)}")
+            pilots = tuple(p for p in pilots if p.name in names)
+        overrides = [rc.parse_override(o) for o in args.override]
+        args.out = args.out.expanduser().absolute()
+        args.data_dir, args.benchmark_dir = args.data_dir.absolute(), args.benchmark_dir.absolute()
+        status = 0
+        if not args.report_only:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "pilots.json").write_text(json.dumps(
+                {"machine": rc.machine_description(), "steps": args.steps}, indent=2) + "\n")
+            status = run_all(pilots, args, overrides)
+        command = f"python scripts/run_pilots.py --out {os.path.relpath(args.out, REPO)}"
+        command += f" --steps {args.steps}" * (args.steps != DEFAULT_STEPS)
+        command += "".join(f" --override {o}" for o in args.override)
+        write_report(args.out, args.report, steps=args.steps, command=command)
+        print(f"report: {args.report}", flush=True)
+        return status
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
