@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ConfigError", "ImageReadError", "NonFiniteLossError", "RunError", "SourceError",
-           "USER_ERRORS", "one_line"]
+__all__ = ["ConfigError", "ImageReadError", "MissingDependencyError", "NonFiniteLossError", "RunError",
+           "SourceError", "USER_ERRORS", "one_line"]
 
 
 def one_line(err: BaseException, limit: int | None = None) -> str:
@@ -35,6 +35,10 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class MissingDependencyError(ImportError):
+    """An optional package a command needs is not installed; the message names the pip extra."""
+
+
 class RunError(RuntimeError):
     """A run stopped by something it cannot fix itself (exit status 1, not 2)."""
 
@@ -44,4 +48,4 @@ class NonFiniteLossError(RunError):
 
 
 # What a user can fix: bad flags and configs, unusable files, missing or unwritable paths.
-USER_ERRORS = (ConfigError, SourceError, ImageReadError, OSError, ValueError)
+USER_ERRORS = (ConfigError, SourceError, ImageReadError, MissingDependencyError, OSError, ValueError)

@@ -2,20 +2,25 @@
 
 Every file drn-jax writes outside orbax (JSON logs and summaries, model cards, parameters,
 images, CSV tables) goes through `write_atomic`: the bytes go to ``<name>.partial`` beside the
-target, which is then renamed over it (``os.replace`` is atomic on POSIX and Windows).
+target, which is then renamed over it (``os.replace`` is atomic on POSIX and Windows). A folder
+that must appear whole or not at all (an exported model) is built by `atomic_directory` in a
+hidden folder beside the target and renamed into place at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["jsonable", "to_json", "write_atomic", "write_json"]
+__all__ = ["atomic_directory", "jsonable", "to_json", "write_atomic", "write_json"]
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -42,6 +47,50 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, replace_if: Callable[[pathlib.Path], bool] | None = None
+                     ) -> Iterator[pathlib.Path]:
+    """Yields a new empty folder beside `path` to fill; on success it becomes `path`, whole.
+
+    The folder is ``.<name>.partial-XXXX`` in `path`'s parent (so the final rename stays on one
+    file system, where it is atomic); any exception removes it and leaves `path` as it was.
+    `path` may be missing or an empty folder. A non-empty `path` is replaced only when
+    ``replace_if(path)`` says it may be (e.g. it holds an earlier export), else ``FileExistsError``
+    is raised before anything is written.
+
+    Raises:
+      OSError: the parent cannot be created or written (the message names the path).
+      FileExistsError: `path` is a file, or a non-empty folder that `replace_if` refuses.
+    """
+    path = pathlib.Path(path)
+    replace = False
+    if path.is_dir() and any(path.iterdir()):
+        if replace_if is None or not replace_if(path):
+            raise FileExistsError(f"{path}: exists and is not empty; give a new folder or remove it")
+        replace = True
+    elif path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_SUFFIX}-", dir=path.parent))
+    try:
+        yield staging
+        if replace:
+            # Two renames: the old folder is out of the way for an instant only, never half-deleted.
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old)
+            try:
+                os.replace(staging, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)  # onto a missing or empty folder: atomic on POSIX
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def jsonable(value: Any) -> Any:
