@@ -20,7 +20,11 @@ Benchmarks (``--only`` names):
   value+gradient at the x4 step's sizes, and its share of the x4 step.
 * ``pipeline``: HR crops/s of ``folder:../shared/data/train`` (patch 96) with 1 and 2 threads,
   against the images/s the x4 step consumes.
-* ``eval_set14``: wall time and compilations of a pass over Set14 at x4 (random F 64 R 7 model).
+* ``upscale_large``: drn-upscale's tiled path on a 4096² random image at x4 (small random DRN):
+  peak RSS against the output's size (the memory bound of the tiling).
+* ``eval_set14``: wall time and XLA compilations (counted with ``jax.monitoring``) of a pass over
+  Set14 at x4 as eval.py makes it: LR generation, the Bicubic and DRN rows, scoring (random
+  F 64 R 7 model).
 
 Every benchmark runs in a subprocess of its own; ``peak_rss_mb`` is that process's peak resident
 memory. With ``--compare_torch PYTHON`` the training and inference benchmarks alternate JAX and
@@ -48,7 +52,7 @@ TRAIN_DATA = SHARED / "data" / "train"
 SET14 = SHARED / "data" / "benchmark"
 
 BENCHMARKS = ("train_x4", "train_x8", "train_tiny", "breakdown_x4", "infer_x4", "gs_loss",
-              "pipeline", "eval_set14", "variants_x4")
+              "pipeline", "eval_set14", "variants_x4", "upscale_large")
 TORCH_COMPARABLE = ("train_x4", "train_x8", "infer_x4")
 
 # glibc malloc settings that keep freed memory in the process: XLA allocates each step's
@@ -243,18 +247,35 @@ def work_infer(args) -> dict:
 
     from drn_jax import models
 
+    import resource
+
     model = models.DRN(4) if not args.quick else models.DRN(4, modules_per_block=2)
     size = args.lr_size
     lr = jax.random.uniform(jax.random.key(1), (1, size, size, 3), jnp.float32)
-    variables = jax.jit(model.init)(jax.random.key(0), lr)
+    variables = _small_init(model)
     upscale = jax.jit(lambda v, x: model.apply(v, x, method="upscale"))
     start = time.perf_counter()
     compiled = upscale.lower(variables, lr).compile()
     compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = _timeit(lambda: jax.block_until_ready(compiled(variables, lr)), warmup=args.warmup,
                     steps=args.steps)
     return {"scale": 4, "lr_size": size, "features": model.features,
-            "modules_per_block": model.modules_per_block, "compile_s": compile_s, **_summary(times)}
+            "modules_per_block": model.modules_per_block, "compile_s": compile_s,
+            "xla_temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
+            "peak_rss_after_compile_mb": rss_compiled, **_summary(times)}
+
+
+def _small_init(model):
+    """The model's variables, initialised on a 16² input: parameters do not depend on the image
+    size, and ``model.init`` runs the whole training forward pass (every level, the dual blocks),
+    which at the benchmark's 256² input alone peaked at several GB and dominated the inference
+    benchmark's memory before."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3), jnp.float32))
 
 
 def work_gs_loss(args) -> dict:
@@ -329,31 +350,83 @@ def work_pipeline(args) -> dict:
     return result
 
 
-def work_eval_set14(args) -> dict:
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
+
+
+def count_compilations() -> list[float]:
+    """A list that collects the seconds of every XLA compilation from now on (jax.monitoring).
+
+    Benchmark entry points only: the listener is process-wide and stays registered.
+    """
     import jax
 
-    from drn_jax import evaluation, inference, models
-    from jax._src import dispatch, monitoring
+    seconds: list[float] = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: seconds.append(secs) if event == BACKEND_COMPILE_EVENT else None)
+    return seconds
 
-    compiles = []
-    monitoring.register_event_duration_secs_listener(
-        lambda event, secs, **kw: compiles.append(secs) if event == dispatch.BACKEND_COMPILE_EVENT else None)
-    model = models.DRN(4) if not args.quick else models.DRN(4, modules_per_block=2)
+
+def work_eval_set14(args) -> dict:
+    """A Set14 x4 pass as eval.py makes it (LR generation, Bicubic and DRN rows, scoring), a
+    random F 64 R 7 model; every XLA compilation of the pass counted."""
+    import jax
     import jax.numpy as jnp
 
+    from drn_jax import evaluation, inference, models
+
+    compiles = count_compilations()
+    model = models.DRN(4) if not args.quick else models.DRN(4, modules_per_block=2)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     dataset = evaluation.open_dataset("Set14", args.data)
     runner = inference.ModelRunner(model)
     upscaler = inference.make_upscaler(runner, variables=variables)
+    methods = {"Bicubic": inference.BicubicUpscaler(4), "DRN": upscaler}
     before = len(compiles)
     start = time.perf_counter()
-    results = evaluation.evaluate({"DRN": upscaler}, [dataset], 4, progress=False)
+    results = evaluation.evaluate(methods, [dataset], 4, progress=False)
     wall = time.perf_counter() - start
     return {"images": len(dataset), "wall_s": wall, "network_seconds": results.seconds("DRN"),
             "network_compilations": upscaler.compilations, "jit_cache_size": runner.cache_size(),
             "xla_compilations_total": len(compiles) - before,
             "xla_compile_seconds_total": sum(compiles[before:]),
-            "psnr_random_init": results.summary("DRN")["Set14"]["psnr"]}
+            "psnr_random_init": results.summary("DRN")["Set14"]["psnr"],
+            "psnr_bicubic": results.summary("Bicubic")["Set14"]["psnr"]}
+
+
+def work_upscale_large(args) -> dict:
+    """drn-upscale's path (read picture -> tiled network -> 8-bit output) on a large random image:
+    peak RSS against the bound the tiling promises, the output plus a fixed tile budget.
+
+    A small random DRN (F 8, R 1: the memory of the tiling does not depend on the width, the time
+    does), tile 256; ``--lr_size`` sets the input side (4096 in the docs)."""
+    import resource
+
+    import jax
+    import numpy as np
+
+    from drn_jax import image_io, inference, models, upscale
+
+    def rss() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    model = models.DRN(4, features=8, modules_per_block=1)
+    variables = _small_init(model)
+    side = args.lr_size
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    picture = image_io.Picture(pixels.astype(np.float32) / np.float32(255), None, 8)
+    del pixels
+    upscaler = inference.make_upscaler(model, variables=variables, tile=256, devices=jax.local_devices())
+    small = image_io.Picture(picture.colour[:300, :300], None, 8)  # compiles the tile program
+    upscale.upscale_picture(small, upscaler)
+    baseline = rss()
+    start = time.perf_counter()
+    out = upscale.upscale_picture(picture, upscaler)
+    seconds = time.perf_counter() - start
+    peak = rss()
+    output_mb = out.nbytes / 2**20
+    return {"lr_side": side, "output_shape": list(out.shape), "seconds": seconds,
+            "rss_before_mb": baseline, "peak_rss_mb_during": peak, "output_mb": output_mb,
+            "growth_over_output_mb": peak - baseline - output_mb, "tiles_compilations": upscaler.compilations}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +472,7 @@ def serve_jax(args) -> None:
         model = models.DRN(4, modules_per_block=2 if args.quick else 7, dtype=jnp.dtype(args.dtype),
                            conv=args.conv)
         lr = jax.random.uniform(jax.random.key(1), (1, args.lr_size, args.lr_size, 3), jnp.float32)
-        variables = jax.jit(model.init)(jax.random.key(0), lr)
+        variables = _small_init(model)
         upscale = jax.jit(lambda v, x: model.apply(v, x, method="upscale")).lower(variables, lr).compile()
 
         def step_fn():
@@ -451,7 +524,8 @@ def serve_torch(args) -> None:
 
 
 WORKERS = {"train": work_train, "breakdown": work_breakdown, "infer": work_infer,
-           "gs_loss": work_gs_loss, "pipeline": work_pipeline, "eval_set14": work_eval_set14}
+           "gs_loss": work_gs_loss, "pipeline": work_pipeline, "eval_set14": work_eval_set14,
+           "upscale_large": work_upscale_large}
 
 
 def worker_main(argv: list[str]) -> None:
@@ -702,17 +776,18 @@ def run_suite(args) -> list[dict]:
 
     def torch_infer_opts(size):
         blocks = "2" if args.quick else "7"
-        return ["--scale", "4", "--feats", "64", "--blocks", blocks, "--lr_size", str(size),
+        return ["--scale", "4", "--feats", "64", "--blocks", blocks, "--lr-size", str(size),
                 "--steps", str(steps), "--warmup", str(args.warmup), "--channels-last"]
 
     jax_env, torch_env = child_env(args.malloc), child_env(args.torch_malloc)
+    infer_env = child_env(args.infer_malloc)
 
-    def alternate(name, jax_c, torch_c, torch_key="median_s"):
+    def alternate(name, jax_c, torch_c, torch_key="median_s", env=None):
         """JAX, torch, JAX, torch, ...; per-pair ratios and the ratio of medians."""
         jax_runs, torch_runs, loads = [], [], []
         for _ in range(repeats):
             loads.append(os.getloadavg()[0])
-            jax_runs.append(run_process(jax_c, env=jax_env, timeout=args.timeout))
+            jax_runs.append(run_process(jax_c, env=env or jax_env, timeout=args.timeout))
             if torch_c is not None:
                 loads.append(os.getloadavg()[0])
                 torch_runs.append(_peak_rss_of(torch_c, env=torch_env))
@@ -749,7 +824,8 @@ def run_suite(args) -> list[dict]:
                 for size in ((64, 128) if args.quick else (128, 256)):
                     cmd = jax_cmd("infer", "--lr_size", str(size), *common)
                     tcmd = torch_cmd(args.compare_torch, "infer", torch_infer_opts(size)) if args.compare_torch else None
-                    record = alternate(f"infer_x4_{size}", cmd, tcmd)
+                    record = alternate(f"infer_x4_{size}", cmd, tcmd, env=infer_env)
+                    record["malloc"] = args.infer_malloc
                     if tcmd is not None and args.lockstep:
                         argv = ["--mode", "infer", "--lr_size", str(size), *quick]
                         record.update(lockstep(argv, args.compare_torch, argv, args.lockstep, jax_env, torch_env))
@@ -783,6 +859,11 @@ def run_suite(args) -> list[dict]:
                 argv = ["--mode", "train", "--variant", "x4", *quick]
                 for record in variants(argv, chosen, args.lockstep or 6, jax_env):
                     emit(record, records)
+            elif name == "upscale_large":
+                size = "512" if args.quick else "4096"
+                record, _ = run_process(jax_cmd("upscale_large", "--lr_size", size), env=jax_env,
+                                        timeout=args.timeout)
+                emit({"bench": name, **record}, records)
             elif name == "eval_set14":
                 if not (SET14 / "Set14" / "HR").is_dir():
                     emit({"bench": name, "skipped": f"{SET14}/Set14/HR not found"}, records)
@@ -845,6 +926,10 @@ def markdown(records: list[dict]) -> str:
             rows.append(f"| x4 step, {b[len('variant_'):]} | {fmt_s(r['variant_median_s'])}/step vs default "
                         f"{fmt_s(r['default_median_s'])}: {r['speedup']:.2f}x | - | - | "
                         f"{r['variant_peak_rss_mb']:.0f} MiB (default {r['default_peak_rss_mb']:.0f}) |")
+        elif b == "upscale_large":
+            rows.append(f"| upscale_large {r['lr_side']}² x4 | {r['seconds']:.1f} s; output {r['output_mb']:.0f} MiB, "
+                        f"peak {r['peak_rss_mb_during']:.0f} MiB ({r['growth_over_output_mb']:.0f} MiB over "
+                        f"start + output) | - | - | {rss} |")
         elif b == "eval_set14":
             rows.append(f"| eval_set14 x4 ({r['images']} images) | {r['wall_s']:.1f} s, network compilations "
                         f"{r['network_compilations']}, XLA compilations in the pass {r['xla_compilations_total']} "
@@ -870,6 +955,10 @@ def main() -> None:
                         help="glibc malloc settings for the JAX processes (see TUNED_MALLOC)")
     parser.add_argument("--torch_malloc", choices=("default", "tuned"), default="default",
                         help="the same for the PyTorch peer")
+    parser.add_argument("--infer_malloc", choices=("default", "tuned"), default="default",
+                        help="the same for the JAX inference benchmarks: with the tuned settings (no "
+                             "mmap, no trim) each call's freed XLA temp buffer (832 MB at LR 256²) is "
+                             "not reused and the peak grows by it every other call")
     parser.add_argument("--lockstep", type=int, default=10, metavar="PAIRS",
                         help="with --compare_torch: also alternate PAIRS single steps of two warm "
                              "servers (robust to load from other processes); 0 turns it off")

@@ -5,10 +5,14 @@ The protocol (docs/method.md#evaluation), applied to every image:
 1. the HR image is mod-cropped to a multiple of the scale (:func:`drn_jax.resize.modcrop`);
    greyscale files are read as RGB with the grey value replicated, which leaves Y unchanged;
 2. the LR input is MATLAB ``imresize(HR, 1/scale, 'bicubic')`` rounded to uint8
-   (:func:`drn_jax.resize.imresize`);
-3. the method's output is rounded to uint8 (:mod:`drn_jax.inference`);
+   (:func:`drn_jax.resize.imresize_host`);
+3. the method's output is rounded to uint8 (:mod:`drn_jax.inference`): for a DRN, the true
+   output of the unpadded image (the size-bucket padding changes no output value);
 4. PSNR, SSIM and gradient PSNR on the Y channel with ``scale`` pixels shaved
-   (:func:`drn_jax.metrics.score_y`), averaged over the images of a dataset.
+   (:func:`drn_jax.metrics.score_y_host`), averaged over the images of a dataset.
+
+Steps 2 and 4 run in NumPy on the host: every image has a shape of its own, and jitted
+versions would compile for each (a Set14 pass compiled 26 times, for 3 network compilations).
 
 Datasets are ``<data_dir>/<Name>/HR/`` image folders (Set5, Set14, B100, Urban100, Manga109) or
 source strings of :mod:`drn_jax.data` (``samples:val``, ``folder:PATH``, ``tfds:...``).
@@ -37,7 +41,7 @@ from PIL import Image
 
 from drn_jax import data, image_io, inference, loading, metrics, models, plots
 from drn_jax.files import write_atomic, write_json
-from drn_jax.resize import imresize, modcrop
+from drn_jax.resize import imresize_host, modcrop
 from drn_jax.rundir import DEFAULT_WORKDIR, RunDir
 from drn_jax.scales import BICUBIC_SCALES
 
@@ -159,7 +163,7 @@ def make_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"expected an (H, W, 3) or (H, W, 1) image; got shape {hr.shape}")
     if min(hr.shape[:2]) < scale:
         raise ValueError(f"image of {hr.shape[0]}x{hr.shape[1]} pixels is smaller than the scale {scale}")
-    lr = np.asarray(imresize(hr, 1.0 / scale))
+    lr = imresize_host(hr, 1.0 / scale)
     return hr, np.repeat(lr, 3, axis=-1) if lr.shape[-1] == 1 else lr
 
 
@@ -170,7 +174,7 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     ``0.299 R + 0.587 G + 0.114 B`` (MATLAB ``rgb2gray``), rounded; exact for R = G = B
     outputs such as bicubic's.
     """
-    y = np.asarray(metrics.rgb_to_y(rgb, 255.0), dtype=np.float64)
+    y = metrics.rgb_to_y_host(rgb, 255.0)
     return np.floor(np.clip((y - 16.0) * (255.0 / 219.0), 0.0, 255.0) + 0.5).astype(np.uint8)
 
 
@@ -222,7 +226,7 @@ def _scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
     """The protocol's scores of an RGB output against an RGB or greyscale HR image."""
     if hr.shape[-1] == 1:
         sr = to_grey(sr)
-    return {name: float(value) for name, value in metrics.score_y(sr, hr, scale).items()}
+    return metrics.score_y_host(sr, hr, scale)
 
 
 def _file_name(name: str) -> str:

@@ -13,15 +13,18 @@ absurdly large file is handled the same way everywhere:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
 import struct
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+import tifffile  # a dependency of scikit-image; Pillow reads 16-bit colour TIFFs at 8 bits
+from PIL import Image, ImageOps
 
 from drn_jax.errors import ImageReadError
 from drn_jax.files import write_atomic
@@ -37,8 +40,11 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 PathLike = str | os.PathLike
 
 
-def list_images(folder: PathLike) -> list[pathlib.Path]:
-    """Image files (PNG, JPEG, BMP; any case) under `folder`, recursively, sorted.
+def list_images(folder: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[pathlib.Path]:
+    """Image files (by default PNG, JPEG, BMP; any case) under `folder`, recursively, sorted.
+
+    ``extensions`` are lower-case suffixes with the dot (drn-upscale passes
+    :data:`PICTURE_EXTENSIONS`, which adds TIFF, WebP and GIF).
 
     Raises `FileNotFoundError` with a one-line message when the folder is missing.
     Non-image files are ignored; an empty result is returned as an empty list so the
@@ -48,12 +54,12 @@ def list_images(folder: PathLike) -> list[pathlib.Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; check the path")
     files = [path for path in root.rglob("*") if path.is_file()]
-    images = sorted(path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS)
-    others = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
+    images = sorted(path for path in files if path.suffix.lower() in extensions)
+    others = [path for path in files if path.suffix.lower() not in extensions]
     if others:
         # One line, not one per file: a README or a .DS_Store is normal in a data folder.
         logger.warning("%s: ignored %d non-image file%s (e.g. %s); images are %s", root, len(others),
-                       "" if len(others) == 1 else "s", others[0].name, ", ".join(IMAGE_EXTENSIONS))
+                       "" if len(others) == 1 else "s", others[0].name, ", ".join(extensions))
     return images
 
 
@@ -91,6 +97,14 @@ def image_size(path: PathLike) -> tuple[int, int]:
     raise ImageReadError(path, f"not a readable image (cannot identify image file {str(path)!r})")
 
 
+def check_pixel_limit(path: pathlib.Path, max_pixels: int) -> None:
+    """Raises `ImageReadError` when the header of `path` declares more than `max_pixels` pixels."""
+    height, width = image_size(path)
+    if width * height > max_pixels:
+        raise ImageReadError(path, f"header declares {width}x{height} pixels, over the limit of "
+                             f"{max_pixels} (a decompression bomb?); raise --max_pixels if it is real")
+
+
 def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False) -> np.ndarray:
     """Decodes `path` into an 8-bit RGB array of shape (H, W, 3).
 
@@ -107,10 +121,7 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, quiet: b
     if not path.is_file():
         raise ImageReadError(path, "no such file")
     # Our own limit, from the header, before Pillow's fixed one could refuse with its own value.
-    height, width = image_size(path)
-    if width * height > max_pixels:
-        raise ImageReadError(path, f"header declares {width}x{height} pixels, over the limit of "
-                             f"{max_pixels} (a decompression bomb?); raise --max_pixels if it is real")
+    check_pixel_limit(path, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above
@@ -190,3 +201,278 @@ def read_images(paths: Sequence[PathLike], *, max_pixels: int = DEFAULT_MAX_PIXE
             logger.warning("%s", err)
             errors.append(err)
     return images, errors
+
+
+# ---------------------------------------------------------------------------
+# Pictures: what drn-upscale reads and writes (bit depth, greyscale, alpha, ICC kept)
+# ---------------------------------------------------------------------------
+
+PICTURE_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff", ".webp", ".gif")
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclasses.dataclass
+class Picture:
+    """A decoded image as drn-upscale uses it: its colour, alpha and bit depth kept apart.
+
+    Attributes:
+      colour: float32 ``(H, W, 3)`` (RGB) or ``(H, W, 1)`` (greyscale) in ``[0, 1]``, decoded
+        at the file's own depth (a 16-bit file is not rounded to 8 bits).
+      alpha: float32 ``(H, W, 1)`` in ``[0, 1]``, or ``None`` for an opaque image.
+      bits: 8 or 16, the depth to write the result at.
+      icc_profile: the embedded ICC profile (bytes), or ``None``.
+      notes: one-line conversions made while reading (CMYK, animation, EXIF orientation).
+    """
+
+    colour: np.ndarray
+    alpha: np.ndarray | None
+    bits: int
+    icc_profile: bytes | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def grey(self) -> bool:
+        return self.colour.shape[-1] == 1
+
+
+def read_picture(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Decodes ``path`` for upscaling: colour and alpha as floats at the file's bit depth.
+
+    EXIF orientation is applied; an animated image gives its first frame; CMYK, palette and
+    other colour modes are converted to RGB (RGBA when the palette has transparency), with a
+    note. 16-bit greyscale and 16-bit RGB(A) PNGs and 8/16-bit TIFFs keep their 16 bits.
+
+    Raises:
+      ImageReadError: missing, not an image, truncated or corrupt, or its header declares more
+        than ``max_pixels`` pixels (one line naming the file).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.is_dir() else "a folder, not an image")
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        return _read_tiff(path, max_pixels)
+    check_pixel_limit(path, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above
+            with Image.open(path) as image:
+                if min(image.size) < 1:
+                    raise ImageReadError(path, f"empty image ({image.width}x{image.height})")
+                return _picture(path, image)
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error) as err:
+        raise ImageReadError(path, f"cannot decode ({_describe(err)}); the file is corrupt or truncated") from None
+
+
+def _picture(path: pathlib.Path, image: Image.Image) -> Picture:
+    notes = []
+    if getattr(image, "n_frames", 1) > 1:
+        notes.append(f"{path}: animated ({image.n_frames} frames); the first frame is upscaled")
+        image.seek(0)
+    icc = image.info.get("icc_profile") or None
+    deep_png = _png_deep_colour(path) if image.format == "PNG" else None
+    if deep_png is not None:
+        pixels = _decode_png16(path)  # Pillow decodes 16-bit colour PNGs at 8 bits
+        image.load()
+    else:
+        image.load()
+    orientation = image.getexif().get(0x0112, 1)
+    if orientation != 1:
+        notes.append(f"{path}: EXIF orientation {orientation} applied")
+    if deep_png is not None:
+        pixels = _orient(pixels, orientation)
+        colour, alpha = pixels[..., :3], (pixels[..., 3:] if pixels.shape[-1] == 4 else None)
+        return Picture(_unit(colour, 16), None if alpha is None else _unit(alpha, 16), 16, icc, notes)
+    image = ImageOps.exif_transpose(image) if orientation != 1 else image
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image).astype(np.float64)
+        bits = 16 if mode.startswith("I;16") or values.max(initial=0) > 255 else 8
+        grey = np.clip(values, 0, 2 ** bits - 1)[..., None]
+        return Picture((grey / (2 ** bits - 1)).astype(np.float32), None, bits, icc, notes)
+    if mode == "F":
+        notes.append(f"{path}: floating-point image read as 16-bit grey, clipped to [0, 1]")
+        grey = np.clip(np.asarray(image, np.float32), 0.0, 1.0)[..., None]
+        return Picture(grey, None, 16, icc, notes)
+    if mode in ("1", "L"):
+        return Picture(_unit(np.asarray(image.convert("L"))[..., None], 8), None, 8, icc, notes)
+    if mode in ("LA", "La"):
+        pixels = np.asarray(image.convert("LA"))
+        return Picture(_unit(pixels[..., :1], 8), _unit(pixels[..., 1:], 8), 8, icc, notes)
+    if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+        pixels = np.asarray(image.convert("RGBA"))
+        return Picture(_unit(pixels[..., :3], 8), _unit(pixels[..., 3:], 8), 8, icc, notes)
+    if mode not in ("RGB", "P"):
+        notes.append(f"{path}: {mode} image converted to RGB")
+        if mode == "CMYK":
+            icc = None  # a CMYK profile does not describe the converted RGB values
+    return Picture(_unit(np.asarray(image.convert("RGB")), 8), None, 8, icc, notes)
+
+
+def _unit(values: np.ndarray, bits: int) -> np.ndarray:
+    return (np.asarray(values, np.float32) / np.float32(2 ** bits - 1)).astype(np.float32)
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation (1-8) applied to an ``(H, W, C)`` array, as ``ImageOps.exif_transpose``."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.rot90(a, 1)[::-1], 8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops.get(orientation, lambda a: a)(pixels))
+
+
+def _read_tiff(path: pathlib.Path, max_pixels: int) -> Picture:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            height, width = page.shape[:2]
+            if width * height > max_pixels:
+                raise ImageReadError(path, f"header declares {width}x{height} pixels, over the limit "
+                                     f"of {max_pixels}; raise --max_pixels if it is real")
+            pixels = page.asarray()
+            icc_tag = page.tags.get(34675)  # InterColorProfile
+            icc = bytes(icc_tag.value) if icc_tag is not None else None
+            notes = [f"{path}: {len(tif.pages)} pages; the first is upscaled"] if len(tif.pages) > 1 else []
+            photometric = page.photometric
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, struct.error, tifffile.TiffFileError) as err:
+        raise ImageReadError(path, f"cannot decode ({_describe(err)}); the file is corrupt or truncated") from None
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4) or min(pixels.shape[:2]) < 1:
+        raise ImageReadError(path, f"unsupported TIFF layout {pixels.shape}; use RGB(A) or grey")
+    if pixels.dtype == np.uint8:
+        bits = 8
+    elif pixels.dtype == np.uint16:
+        bits = 16
+    else:
+        raise ImageReadError(path, f"unsupported TIFF sample type {pixels.dtype}; use 8 or 16 bits")
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED:
+        raise ImageReadError(path, "CMYK TIFF; convert it to RGB first")
+    colour_channels = 1 if pixels.shape[-1] <= 2 else 3
+    colour = _unit(pixels[..., :colour_channels], bits)
+    alpha = _unit(pixels[..., colour_channels:colour_channels + 1], bits) if pixels.shape[-1] in (2, 4) else None
+    return Picture(colour, alpha, bits, icc, notes)
+
+
+def _png_deep_colour(path: pathlib.Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` of a 16-bit RGB or RGBA PNG (which Pillow reads at 8 bits)."""
+    with open(path, "rb") as file:
+        head = file.read(33)
+    if len(head) < 29 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    depth, colour_type = head[24], head[25]
+    return (depth, colour_type) if depth == 16 and colour_type in (2, 6) else None
+
+
+def _decode_png16(path: pathlib.Path) -> np.ndarray:
+    """uint16 ``(H, W, 3|4)`` pixels of a non-interlaced 16-bit RGB(A) PNG (the five filters)."""
+    data = pathlib.Path(path).read_bytes()
+    offset, idat, header = 8, [], None
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset: offset + 8])
+        body = data[offset + 8: offset + 8 + length]
+        if len(body) < length:
+            raise ValueError("truncated chunk")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        offset += 12 + length
+    if header is None or not idat:
+        raise ValueError("no image data")
+    width, height, _, colour_type, _, _, interlace = header
+    if interlace:
+        raise ValueError("interlaced 16-bit colour PNGs are not supported")
+    channels = 3 if colour_type == 2 else 4
+    bpp, stride = 2 * channels, 2 * channels * width
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    if raw.size < height * (stride + 1):
+        raise ValueError("truncated image data")
+    rows = raw[: height * (stride + 1)].reshape(height, stride + 1)
+    out = np.zeros((height, stride), np.uint8)
+    previous = np.zeros(stride, np.int32)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
+        if kind == 1:  # Sub: a running sum over each pixel's bytes
+            line = np.cumsum(line.reshape(width, bpp), axis=0).reshape(-1) & 255
+        elif kind == 2:  # Up
+            line = (line + previous) & 255
+        elif kind in (3, 4):  # Average, Paeth: sequential along the row
+            for x in range(0, stride, bpp):
+                left = line[x - bpp: x] if x else np.zeros(bpp, np.int32)
+                up = previous[x: x + bpp]
+                if kind == 3:
+                    line[x: x + bpp] = (line[x: x + bpp] + (left + up) // 2) & 255
+                else:
+                    corner = previous[x - bpp: x] if x else np.zeros(bpp, np.int32)
+                    p = left + up - corner
+                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - corner)
+                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner))
+                    line[x: x + bpp] = (line[x: x + bpp] + pred) & 255
+        elif kind != 0:
+            raise ValueError(f"bad PNG filter type {kind}")
+        out[y] = line
+        previous = line
+    return out.view(">u2").astype(np.uint16).reshape(height, width, channels)
+
+
+def _encode_png16(pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA by channel count), filter 0, ICC in iCCP."""
+    height, width, channels = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
+    chunks = [chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
+    if icc_profile:
+        chunks.append(chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+    chunks += [chunk(b"IDAT", zlib.compress(raw, 6)), chunk(b"IEND", b"")]
+    return _PNG_SIGNATURE + b"".join(chunks)
+
+
+def write_picture(path: PathLike, pixels: np.ndarray, *, format: str = "png", quality: int = 95,
+                  icc_profile: bytes | None = None) -> list[str]:
+    """Writes uint8 or uint16 ``(H, W, C)`` pixels (C: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
+
+    ``format`` is a key of :data:`OUTPUT_FORMATS`; ``quality`` (1-100) is JPEG's and WebP's.
+    uint16 is written as a 16-bit PNG; JPEG and WebP are 8-bit (16-bit values are rounded, with
+    a note) and JPEG has no alpha (dropped, with a note). The ICC profile is embedded. Written
+    atomically (:func:`drn_jax.files.write_atomic`). Returns the notes.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4) or pixels.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"expected uint8/uint16 (H, W, 1-4) pixels; got {pixels.dtype} {pixels.shape}")
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}; got {format!r}")
+    notes = []
+    if pixels.dtype == np.uint16 and format != "png":
+        notes.append(f"{path}: {format} is 8-bit; 16-bit values rounded to 8 bits")
+        pixels = np.floor(pixels.astype(np.float64) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+    if format == "jpg" and pixels.shape[-1] in (2, 4):
+        notes.append(f"{path}: JPEG has no alpha; alpha dropped (use --format=png or webp)")
+        pixels = pixels[..., :-1]
+    if pixels.dtype == np.uint16:
+        if pixels.shape[-1] == 1:  # Pillow writes 16-bit grey PNGs itself
+            image = Image.fromarray(pixels[..., 0])
+        else:
+            data = _encode_png16(pixels, icc_profile)
+            write_atomic(path, data)
+            return notes
+    else:
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
+                                {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[-1]])
+    options = {"icc_profile": icc_profile} if icc_profile else {}
+    if format in ("jpg", "webp"):
+        options["quality"] = int(quality)
+    write_atomic(path, lambda file: image.save(file, format=OUTPUT_FORMATS[format], **options))
+    return notes

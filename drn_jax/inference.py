@@ -5,15 +5,15 @@ super-resolution, whatever the size of the image, with a bounded number of XLA c
 when tiled, bounded memory:
 
 * **Size buckets** (``tile=None``). A jitted network compiles once per input shape, and
-  benchmark images all differ in size. Each LR image is therefore padded (symmetric mirror at the
-  bottom and right) to a square whose side is the smallest *bucket* ``2^k`` or ``3·2^(k-1)``
-  (16, 24, 32, 48, 64, 96, 128, 192, ...) that holds it, and the output is cropped back. A pass
-  over Set14 at x4 (LR sides 62 to 192) compiles 3 times (96, 128, 192). The price: past the
-  bottom and right edges the network sees mirrored content instead of its zero padding, so
-  outputs within :func:`receptive_field_radius` (24 LR pixels for the paper's x4 model) of
-  those two edges differ from an unpadded run. The protocol's shave (``scale`` HR pixels) does
-  not remove that band, so scores can move slightly (mirroring is usually the better guess of
-  what lies past an edge); images whose sides equal a bucket are unaffected.
+  benchmark images all differ in size. Each LR image is therefore padded at the bottom and
+  right to a square whose side is the smallest *bucket* ``2^k`` or ``3·2^(k-1)`` (16, 24, 32,
+  48, 64, 96, 128, 192, ...) that holds it, and the output is cropped back. A pass over Set14
+  at x4 (LR sides 62 to 192) compiles 3 times (96, 128, 192). For a DRN (``takes_sizes``) the
+  padding is zeros and the image's true size goes into the network with it
+  (:meth:`drn_jax.models.DRN.upscale`'s ``sizes``), which zeroes the padded region after every
+  convolution: the padding then changes no output value, and the bucketed output equals the
+  unpadded run's to float rounding. A plain predict function gets mirror padding instead (it
+  cannot be told where the image ends).
 * **Tiles** (``tile=T``). Images larger than ``T×T`` LR pixels run as fixed ``T×T`` tiles (one
   compilation; memory set by ``T``, not by the image). Each tile keeps ``tile_overlap`` LR pixels
   of context on every side that touches another tile and only its inner part is used; with
@@ -21,26 +21,29 @@ when tiled, bounded memory:
   float rounding), because every used output pixel then sees the same inputs as in the whole
   image. Tiles that reach the image border see the real border. Images that fit in one tile take
   the bucket path (bucket capped at ``T``); a side shorter than ``T`` in a larger image is
-  mirror-padded to ``T``.
+  padded to ``T`` as above. Tiles go ``batch_size`` to a network call, which a
+  :class:`ModelRunner` can split over several devices; the result is the same.
 * **Self-ensemble** (``self_ensemble=True``): the 8 flips/rotations of the dihedral group are
   run, each output transformed back, and the 8 averaged in float before rounding (Lim et al.,
   EDSR+). It runs per bucket or per tile, and both are square, so it adds no compilation.
 
-Float network outputs are clipped to ``[0, 1]`` and rounded to 8 bits by :func:`to_uint8` only.
+Float network outputs are clipped to ``[0, 1]`` and rounded by :func:`to_bits` only (8 bits:
+:func:`to_uint8`; 16 bits for 16-bit files, through :meth:`Upscaler.upscale_to`).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 
 from drn_jax import models
-from drn_jax.resize import imresize
+from drn_jax.resize import imresize_host
 
 __all__ = [
     "BicubicUpscaler",
@@ -51,11 +54,16 @@ __all__ = [
     "make_upscaler",
     "receptive_field_radius",
     "tile_spans",
+    "to_bits",
     "to_uint8",
 ]
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 """Float32 ``(B, h, w, 3)`` in ``[0, 1]`` -> float ``(B, h·s, w·s, 3)``."""
+SizedPredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(batch, sizes)`` -> output: int32 ``(B, 2)`` ``sizes`` are the valid LR sizes of the
+zero-padded entries, and each entry's output is what its unpadded image gives."""
+TILE_AXIS = "tiles"  # the mesh axis a ModelRunner splits its batch over
 ArrayMap = Callable[[np.ndarray], np.ndarray]
 
 MIN_BUCKET = 16
@@ -78,8 +86,17 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     The single rounding step of drn-jax's outputs (``resize.imresize`` rounds its own uint8
     passes the same way: saturate, then ``floor(x + 0.5)``).
     """
-    scaled = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * np.float32(255.0)
-    return np.floor(scaled + np.float32(0.5)).astype(np.uint8)
+    return to_bits(image, 8)
+
+
+def to_bits(image: np.ndarray, bits: int) -> np.ndarray:
+    """Float ``[0, 1]`` image -> ``bits``-bit integers (8: uint8, 16: uint16): clipped, scaled
+    by ``2^bits - 1``, rounded half up, as :func:`to_uint8` (which is ``bits=8``)."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16; got {bits}")
+    top = np.float32(2 ** bits - 1)
+    scaled = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * top
+    return np.floor(scaled + np.float32(0.5)).astype(np.uint8 if bits == 8 else np.uint16)
 
 
 def _to_float(lr: np.ndarray) -> np.ndarray:
@@ -204,26 +221,76 @@ def dihedral_transforms() -> list[tuple[ArrayMap, ArrayMap]]:
 # ---------------------------------------------------------------------------
 
 class ModelRunner:
-    """``jax.jit(model.apply(variables, lr, method="upscale"))`` with the variables as an argument.
+    """``jax.jit(model.apply(variables, lr, sizes, method="upscale"))``, optionally over devices.
 
     Passing the variables as an argument (not a closure constant) lets one compiled function
     serve every checkpoint or training-time parameter set of the same architecture, and keeps
-    the parameters out of the compiled program.
+    the parameters out of the compiled program. ``sizes`` (the valid LR size of each
+    zero-padded batch entry, see :meth:`drn_jax.models.DRN.upscale`) is a traced argument, so
+    one compilation serves every image that fits the batch's shape.
+
+    With several ``devices`` the batch is split over them (``jax.shard_map`` over a 1-D mesh,
+    each device running the whole network on its share, the variables replicated): the batch
+    size must be a multiple of the device count.
     """
 
-    def __init__(self, model: models.DRN):
+    def __init__(self, model: models.DRN, devices: Sequence[jax.Device] | None = None):
         self.model = model
-        self._apply = jax.jit(functools.partial(model.apply, method="upscale"))
+        self.devices = tuple(devices) if devices else ()
+        apply = functools.partial(model.apply, method="upscale")
+        self._mesh = None
+        if len(self.devices) > 1:
+            self._mesh = jax.sharding.Mesh(np.asarray(self.devices), (TILE_AXIS,))
+            spec = jax.sharding.PartitionSpec(TILE_AXIS)
+            apply = jax.shard_map(apply, mesh=self._mesh,
+                                  in_specs=(jax.sharding.PartitionSpec(), spec, spec), out_specs=spec)
+        self._apply = jax.jit(apply)
+        self._placed: tuple[Any, Any] | None = None  # (variables, their device copy)
 
-    def __call__(self, variables: Any, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._apply(variables, batch))
+    @property
+    def device_count(self) -> int:
+        """How many devices one call runs on (a batch must be a multiple of it)."""
+        return max(1, len(self.devices))
+
+    def _place(self, variables: Any) -> Any:
+        """The variables on the runner's devices, copied once per variables object."""
+        if self._placed is not None and self._placed[0] is variables:
+            return self._placed[1]
+        if self._mesh is not None:
+            placed = jax.device_put(variables, jax.sharding.NamedSharding(
+                self._mesh, jax.sharding.PartitionSpec()))
+        elif self.devices:
+            placed = jax.device_put(variables, self.devices[0])
+        else:
+            placed = variables
+        self._placed = (variables, placed)
+        return placed
+
+    def __call__(self, variables: Any, batch: np.ndarray, sizes: np.ndarray | None = None
+                 ) -> np.ndarray:
+        """Float32 ``(B, h·s, w·s, 3)`` outputs of the float ``(B, h, w, 3)`` batch.
+
+        ``sizes``: int ``(B, 2)`` valid sizes of zero-padded entries; ``None``: all full size.
+        """
+        batch = np.asarray(batch, np.float32)
+        sizes = np.asarray(sizes if sizes is not None else
+                           np.tile(np.asarray(batch.shape[1:3], np.int32), (batch.shape[0], 1)), np.int32)
+        if batch.shape[0] % self.device_count:
+            raise ValueError(f"a batch of {batch.shape[0]} does not split over {self.device_count} devices")
+        if self._mesh is not None:
+            sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec(TILE_AXIS))
+            batch, sizes = jax.device_put(batch, sharding), jax.device_put(sizes, sharding)
+        elif self.devices:
+            batch, sizes = jax.device_put(batch, self.devices[0]), jax.device_put(sizes, self.devices[0])
+        return np.asarray(self._apply(self._place(variables), batch, sizes))
 
     def cache_size(self) -> int | None:
         """Compiled variants held by the jit cache (a private JAX API; ``None`` if absent)."""
         size = getattr(self._apply, "_cache_size", None)
         return size() if callable(size) else None
 
-    def bind(self, variables: Any) -> PredictFn:
+    def bind(self, variables: Any) -> SizedPredictFn:
+        """``predict(batch, sizes)`` with these variables."""
         return functools.partial(self, variables)
 
 
@@ -238,11 +305,18 @@ class Upscaler:
       tile: tile side in LR pixels, or ``None`` for whole images padded to a size bucket.
       tile_overlap: LR pixels of context kept around each tile's used part.
       self_ensemble: average the 8 dihedral transforms.
-      shapes: the distinct input shapes passed to the network, in first-use order.
+      batch_size: blocks (tiles, or transforms of one for the self-ensemble) per network call;
+        the last call of an image is filled up with empty blocks, so every call has one shape.
+      takes_sizes: whether ``predict`` is ``predict(batch, sizes)`` and computes each padded
+        entry as if unpadded (a DRN through :class:`ModelRunner`): blocks are then zero-padded
+        and the padding changes no output value. Otherwise ``predict(batch)`` gets blocks
+        mirror-padded at the bottom and right, and outputs near those edges see the mirror.
+      shapes: the distinct batch shapes passed to the network, in first-use order.
     """
 
-    def __init__(self, predict: PredictFn, scale: int, *, tile: int | None = None,
-                 tile_overlap: int = 0, self_ensemble: bool = False):
+    def __init__(self, predict: PredictFn | SizedPredictFn, scale: int, *, tile: int | None = None,
+                 tile_overlap: int = 0, self_ensemble: bool = False, batch_size: int = 1,
+                 takes_sizes: bool = False):
         if tile is not None:
             if tile < 1:
                 raise ValueError(f"tile must be a positive number of LR pixels; got {tile}")
@@ -252,11 +326,15 @@ class Upscaler:
                 raise ValueError(
                     f"tile={tile} must be larger than 2 * tile_overlap = {2 * tile_overlap}; "
                     "use a larger --tile or a smaller --tile_overlap")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {batch_size}")
         self._predict = predict
         self.scale = int(scale)
         self.tile = tile
         self.tile_overlap = int(tile_overlap)
         self.self_ensemble = self_ensemble
+        self.batch_size = int(batch_size)
+        self.takes_sizes = takes_sizes
         self.shapes: list[tuple[int, ...]] = []
 
     @property
@@ -271,8 +349,23 @@ class Upscaler:
         """Float32 ``(H·s, W·s, 3)`` network output for a uint8 or float ``[0, 1]`` LR image."""
         return self._upscale(lr, lambda block: block, np.float32)
 
+    def upscale_to(self, lr: np.ndarray, bits: int | None = 8, *, grey: bool = False) -> np.ndarray:
+        """The output at ``bits`` bits (8: uint8, 16: uint16, ``None``: float32), and with
+        ``grey`` as one channel, the mean of the three (for a grey image fed as R = G = B).
+
+        Each tile is converted as it is placed: memory is the output at its final depth plus
+        one batch of tiles, whatever the image size.
+        """
+        def finish(block: np.ndarray) -> np.ndarray:
+            if grey:
+                block = block.mean(axis=-1, keepdims=True, dtype=np.float32)
+            return block if bits is None else to_bits(block, bits)
+
+        dtype = np.float32 if bits is None else (np.uint8 if bits == 8 else np.uint16)
+        return self._upscale(lr, finish, dtype, 1 if grey else 3)
+
     def _upscale(self, lr: np.ndarray, finish: Callable[[np.ndarray], np.ndarray],
-                 dtype: type) -> np.ndarray:
+                 dtype: type, channels: int = 3) -> np.ndarray:
         # `finish` converts each block as it is placed, so a uint8 result never needs a float
         # copy of the whole (possibly huge) output.
         x = _to_float(lr)
@@ -282,56 +375,104 @@ class Upscaler:
             side = bucket_size(max(height, width))
             if self.tile is not None:
                 side = min(side, self.tile)
-            return finish(self._run_block(_pad_to(x, side, side))[: height * s, : width * s])
+            (output,) = self._outputs([x], side)
+            return finish(output)
 
         tile = self.tile
-        padded = _pad_to(x, max(height, tile), max(width, tile))
-        out = np.empty((height * s, width * s, 3), dtype)
-        for top, row_lo, row_hi in tile_spans(padded.shape[0], tile, self.tile_overlap):
-            row_hi = min(row_hi, height)
-            for left, col_lo, col_hi in tile_spans(padded.shape[1], tile, self.tile_overlap):
-                col_hi = min(col_hi, width)  # a side shorter than a tile was padded
-                block = self._run_block(padded[top: top + tile, left: left + tile])
-                out[row_lo * s: row_hi * s, col_lo * s: col_hi * s] = finish(block[
-                    (row_lo - top) * s: (row_hi - top) * s, (col_lo - left) * s: (col_hi - left) * s])
+        rows = tile_spans(max(height, tile), tile, self.tile_overlap)
+        cols = tile_spans(max(width, tile), tile, self.tile_overlap)
+        # Each tile reads [start, start + tile) of the image (less where a side is shorter
+        # than a tile) and supplies the output for [lo, hi).
+        placements = [(top, min(row_hi, height), row_lo, left, min(col_hi, width), col_lo)
+                      for top, row_lo, row_hi in rows for left, col_lo, col_hi in cols]
+        blocks = (x[top: top + tile, left: left + tile] for top, _, _, left, _, _ in placements)
+        out = np.empty((height * s, width * s, channels), dtype)
+        for (top, row_hi, row_lo, left, col_hi, col_lo), block in zip(
+                placements, self._outputs(blocks, tile)):
+            out[row_lo * s: row_hi * s, col_lo * s: col_hi * s] = finish(block[
+                (row_lo - top) * s: (row_hi - top) * s, (col_lo - left) * s: (col_hi - left) * s])
         return out
 
-    def _run_block(self, block: np.ndarray) -> np.ndarray:
-        """Network output for one ``(h, w, 3)`` float block, self-ensembled if asked."""
-        batch = block[None]
-        if not self.self_ensemble:
-            return self._network(batch)[0]
-        total = None
-        # One transform at a time: memory stays that of a single pass.
-        for forward, inverse in dihedral_transforms():
-            output = inverse(self._network(np.ascontiguousarray(forward(batch))))
-            total = output if total is None else total + output
-        return total[0] / np.float32(8.0)
+    def _outputs(self, blocks: Iterable[np.ndarray], side: int) -> Iterator[np.ndarray]:
+        """The float ``(h·s, w·s, 3)`` network output of each ``(h, w, 3)`` block, in order.
 
-    def _network(self, batch: np.ndarray) -> np.ndarray:
+        Blocks (``h, w <= side``) are padded to ``side × side`` and sent ``batch_size`` at a
+        time; with the self-ensemble each block is 8 entries (its dihedral transforms, each
+        transformed before padding, so that the padding stays at the bottom and right) whose
+        outputs are transformed back and averaged. Lazy: only one batch of blocks is held.
+        """
+        transforms = dihedral_transforms() if self.self_ensemble else [(_identity, _identity)]
+        entries: list[tuple[np.ndarray, tuple[int, int], int, ArrayMap]] = []
+        totals: dict[int, list] = {}  # block index -> [sum of outputs, entries still to run]
+        order: collections.deque[int] = collections.deque()
+
+        def run() -> None:
+            outputs = self._network([entry for entry, *_ in entries], [size for _, size, *_ in entries], side)
+            for output, (_, (h, w), index, inverse) in zip(outputs, entries):
+                output = inverse(output[None, : h * self.scale, : w * self.scale])[0]
+                total = totals[index]
+                total[0] = output if total[0] is None else total[0] + output
+                total[1] -= 1
+            entries.clear()
+
+        def finished() -> Iterator[np.ndarray]:
+            while order and totals[order[0]][1] == 0:
+                total = totals.pop(order.popleft())[0]
+                yield total if len(transforms) == 1 else total / np.float32(len(transforms))
+
+        for index, block in enumerate(blocks):
+            totals[index] = [None, len(transforms)]
+            order.append(index)
+            for forward, inverse in transforms:
+                entry = np.ascontiguousarray(forward(block[None])[0])
+                entries.append((entry, entry.shape[:2], index, inverse))
+                if len(entries) == self.batch_size:
+                    run()
+                    yield from finished()
+        if entries:
+            run()
+        yield from finished()
+
+    def _network(self, blocks: list[np.ndarray], sizes: list[tuple[int, int]], side: int
+                 ) -> np.ndarray:
+        """Runs one batch: blocks padded to ``side``, the batch filled up to ``batch_size``."""
+        count = self.batch_size
+        batch = np.zeros((count, side, side, 3), np.float32)
+        valid = np.zeros((count, 2), np.int32)
+        for k, (block, size) in enumerate(zip(blocks, sizes)):
+            batch[k] = block if block.shape[:2] == (side, side) else (
+                _pad_to(block, side, side, "constant" if self.takes_sizes else "symmetric"))
+            valid[k] = size
         if batch.shape not in self.shapes:
             self.shapes.append(batch.shape)
-        output = np.asarray(self._predict(batch), dtype=np.float32)
-        expected = (batch.shape[0], batch.shape[1] * self.scale, batch.shape[2] * self.scale, 3)
+        output = self._predict(batch, valid) if self.takes_sizes else self._predict(batch)
+        output = np.asarray(output, dtype=np.float32)
+        expected = (count, side * self.scale, side * self.scale, 3)
         if output.shape != expected:
             raise ValueError(f"the network returned shape {output.shape} for input {batch.shape}; "
                              f"expected {expected} at scale {self.scale}")
-        return output
+        return output[: len(blocks)]
 
 
-def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Symmetric (edge-repeating mirror) padding at the bottom and right up to ``height × width``."""
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _pad_to(image: np.ndarray, height: int, width: int, mode: str = "symmetric") -> np.ndarray:
+    """``image`` padded at the bottom and right up to ``height × width``: with zeros
+    (``mode="constant"``) or the edge-repeating mirror (``"symmetric"``)."""
     pad_h, pad_w = height - image.shape[0], width - image.shape[1]
     if pad_h == 0 and pad_w == 0:
         return image
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
 class BicubicUpscaler:
     """The bicubic baseline through the same interface: MATLAB ``imresize(lr, scale)`` on uint8.
 
     Rounded to uint8 inside ``imresize`` after each separable pass, as MATLAB does for 8-bit
-    images, which is how the published bicubic rows were made.
+    images, which is how the published bicubic rows were made. Computed on the host
+    (:func:`drn_jax.resize.imresize_host`): every image shape would otherwise compile.
     """
 
     def __init__(self, scale: int):
@@ -343,16 +484,17 @@ class BicubicUpscaler:
         lr = np.asarray(lr)
         if lr.dtype != np.uint8:
             raise TypeError(f"expected uint8 pixels; got {lr.dtype}")
-        return np.asarray(imresize(lr, self.scale))
+        return imresize_host(lr, self.scale)
 
     def upscale_float(self, lr: np.ndarray) -> np.ndarray:
         """Unrounded bicubic interpolation of the float ``[0, 1]`` image."""
-        return np.asarray(imresize(_to_float(lr), self.scale))
+        return imresize_host(_to_float(lr), self.scale)
 
 
 def make_upscaler(predict: models.DRN | ModelRunner | PredictFn, scale: int | None = None, *,
                   variables: Any = None, tile: int | None = None, tile_overlap: int | None = None,
-                  self_ensemble: bool = False) -> Upscaler:
+                  self_ensemble: bool = False, devices: Sequence[jax.Device] | None = None,
+                  tiles_per_device: int = 1) -> Upscaler:
     """An :class:`Upscaler` for a DRN (with its variables) or any float predict function.
 
     Args:
@@ -365,8 +507,13 @@ def make_upscaler(predict: models.DRN | ModelRunner | PredictFn, scale: int | No
       tile_overlap: context per tile side; defaults to the model's receptive-field radius
         (exact tiling). Required for a plain function when ``tile`` is set.
       self_ensemble: average the 8 flips/rotations.
+      devices: a model's devices (default: JAX's default device); a batch of tiles is split
+        over them. Ignored for a :class:`ModelRunner`, which has its own.
+      tiles_per_device: blocks each device runs per network call (``batch_size`` is this times
+        the device count).
     """
     model = predict.model if isinstance(predict, ModelRunner) else predict
+    batch_size, takes_sizes = tiles_per_device, False
     if isinstance(model, models.DRN):
         if variables is None:
             raise ValueError("variables are required to run a model")
@@ -375,12 +522,13 @@ def make_upscaler(predict: models.DRN | ModelRunner | PredictFn, scale: int | No
         scale = model.scale
         if tile_overlap is None:
             tile_overlap = receptive_field_radius(model)
-        runner = predict if isinstance(predict, ModelRunner) else ModelRunner(model)
+        runner = predict if isinstance(predict, ModelRunner) else ModelRunner(model, devices)
         predict = runner.bind(variables)
+        batch_size, takes_sizes = tiles_per_device * runner.device_count, True
     elif scale is None:
         raise ValueError("scale is required with a predict function")
     if tile is not None and tile_overlap is None:
         raise ValueError("tile_overlap is required with a predict function and tiles")
     return Upscaler(predict, scale, tile=tile, tile_overlap=tile_overlap or 0,
-                    self_ensemble=self_ensemble)
+                    self_ensemble=self_ensemble, batch_size=batch_size, takes_sizes=takes_sizes)
 

@@ -19,6 +19,11 @@ every metric reduces the last three axes and returns one value per image, shape 
 Arithmetic is float32 whatever the input dtype (``uint8`` included, so differences never wrap).
 The metrics are jitted (compiled once per input shape, so eager evaluation loops stay fast);
 ``max_value``, ``shave``, ``round_y`` and ``scale`` are static Python values.
+
+Each metric is written once, on an array module ``xp``: the public functions run it with
+``jax.numpy`` in float32, :func:`score_y_host` and :func:`rgb_to_y_host` with NumPy in float64
+on the host. Evaluation sees every image shape once, and a jitted metric would compile for
+each; the host versions compile nothing (they agree with the jitted ones to float32 rounding).
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ __all__ = [
     "gradient_psnr",
     "psnr",
     "rgb_to_y",
+    "rgb_to_y_host",
     "score_y",
+    "score_y_host",
     "shave",
     "ssim",
 ]
@@ -69,6 +76,17 @@ _IMAGE_AXES = (-3, -2, -1)
 
 def _float32(x: jax.Array) -> jax.Array:
     return jnp.asarray(x).astype(jnp.float32)
+
+
+def _as_float(x, xp):
+    """float32 for ``jnp`` (traced), float64 for NumPy (the host path)."""
+    return _float32(x) if xp is jnp else np.asarray(x, np.float64)
+
+
+def _einsum(xp, spec: str, a, b):
+    if xp is np:
+        return np.einsum(spec, a, b, optimize=True)
+    return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def _check_pair(a: jax.Array, b: jax.Array) -> None:
@@ -99,16 +117,23 @@ def rgb_to_y(rgb: jax.Array, max_value: float = 1.0, *, round_y: bool = False) -
     Returns:
       float32 ``(..., H, W, 1)``.
     """
-    rgb = _float32(rgb)
+    return _rgb_to_y(rgb, max_value, round_y, jnp)
+
+
+def rgb_to_y_host(rgb: np.ndarray, max_value: float = 1.0, *, round_y: bool = False) -> np.ndarray:
+    """:func:`rgb_to_y` in float64 NumPy on the host (no compilation): float64 ``(..., H, W, 1)``."""
+    return _rgb_to_y(rgb, max_value, round_y, np)
+
+
+def _rgb_to_y(rgb, max_value, round_y, xp):
+    rgb = _as_float(rgb, xp)
     if rgb.ndim < 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb must have shape (..., H, W, 3); got {rgb.shape}")
-    coeffs = jnp.asarray(_Y_COEFFS, jnp.float32)
+    coeffs = xp.asarray(_Y_COEFFS, rgb.dtype)
     # On the 0-255 scale first: that is where MATLAB rounds the uint8 result.
-    y255 = _Y_OFFSET + jnp.einsum(
-        "...c,c->...", rgb, coeffs, precision=jax.lax.Precision.HIGHEST
-    ) / max_value
+    y255 = _Y_OFFSET + _einsum(xp, "...c,c->...", rgb, coeffs) / max_value
     if round_y:
-        y255 = jnp.floor(y255 + 0.5)  # Y >= 16 > 0, so this is MATLAB's half-away rounding
+        y255 = xp.floor(y255 + 0.5)  # Y >= 16 > 0, so this is MATLAB's half-away rounding
     return (y255 * (max_value / _LEVELS))[..., None]
 
 
@@ -146,10 +171,15 @@ def psnr(a: jax.Array, b: jax.Array, max_value: float = 1.0, shave: int = 0) -> 
       float32 ``(...)``; ``inf`` where ``a == b``. A +1 error on every 0-255 pixel gives
       ``10 log10(255**2) = 48.1308`` dB.
     """
+    return _psnr(a, b, max_value, shave, jnp)
+
+
+def _psnr(a, b, max_value, shave, xp):
     _check_pair(a, b)
-    error = _float32(_shave(a, shave)) - _float32(_shave(b, shave))
-    mse = jnp.mean(jnp.square(error), axis=_IMAGE_AXES)
-    return 10.0 * jnp.log10(max_value**2 / mse)
+    error = _as_float(_shave(a, shave), xp) - _as_float(_shave(b, shave), xp)
+    mse = xp.mean(xp.square(error), axis=_IMAGE_AXES)
+    with np.errstate(divide="ignore"):  # identical images: inf, as the jitted version
+        return 10.0 * xp.log10(max_value**2 / mse)
 
 
 @functools.lru_cache(maxsize=64)
@@ -171,7 +201,7 @@ def _valid_filter_matrix(length: int) -> np.ndarray:
     return matrix
 
 
-def _filter_valid(images: jax.Array) -> jax.Array:
+def _filter_valid(images: jax.Array, xp=jnp) -> jax.Array:
     """MATLAB ``filter2(fspecial('gaussian', 11, 1.5), x, 'valid')`` over ``H`` and ``W``.
 
     Input ``(..., H, W, C)``, output ``(..., H - 10, W - 10, C)``. Two banded matmuls at
@@ -181,11 +211,10 @@ def _filter_valid(images: jax.Array) -> jax.Array:
     evaluation that sees every image shape once.
     """
     height, width = images.shape[-3], images.shape[-2]
-    rows = jnp.asarray(_valid_filter_matrix(height), jnp.float32)
-    cols = jnp.asarray(_valid_filter_matrix(width), jnp.float32)
-    highest = jax.lax.Precision.HIGHEST
-    images = jnp.einsum("oh,...hwc->...owc", rows, images, precision=highest)
-    return jnp.einsum("ow,...hwc->...hoc", cols, images, precision=highest)
+    rows = xp.asarray(_valid_filter_matrix(height), images.dtype)
+    cols = xp.asarray(_valid_filter_matrix(width), images.dtype)
+    images = _einsum(xp, "oh,...hwc->...owc", rows, images)
+    return _einsum(xp, "ow,...hwc->...hoc", cols, images)
 
 
 @functools.partial(jax.jit, static_argnames=("max_value", "shave"))
@@ -207,8 +236,12 @@ def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0, shave: int = 0) -> 
     Returns:
       float32 ``(...)``, at most 1 (exactly 1 for identical images).
     """
+    return _ssim(a, b, max_value, shave, jnp)
+
+
+def _ssim(a, b, max_value, shave, xp):
     _check_pair(a, b)
-    a, b = _float32(_shave(a, shave)), _float32(_shave(b, shave))
+    a, b = _as_float(_shave(a, shave), xp), _as_float(_shave(b, shave), xp)
     if min(a.shape[-3], a.shape[-2]) < SSIM_WINDOW:
         raise ValueError(
             f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}; got {a.shape}")
@@ -217,10 +250,10 @@ def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0, shave: int = 0) -> 
 
     # (Co)variances are shift-invariant: centring each image on its mean keeps E[x^2] - E[x]^2
     # from cancelling catastrophically in float32 (the reference computes in float64).
-    centre = jnp.mean(b, axis=_IMAGE_AXES, keepdims=True)
+    centre = xp.mean(b, axis=_IMAGE_AXES, keepdims=True)
     a, b = a - centre, b - centre
-    mu_a, mu_b = _filter_valid(a), _filter_valid(b)
-    e_aa, e_bb, e_ab = _filter_valid(a * a), _filter_valid(b * b), _filter_valid(a * b)
+    mu_a, mu_b = _filter_valid(a, xp), _filter_valid(b, xp)
+    e_aa, e_bb, e_ab = _filter_valid(a * a, xp), _filter_valid(b * b, xp), _filter_valid(a * b, xp)
     var_a = e_aa - mu_a * mu_a
     var_b = e_bb - mu_b * mu_b
     cov = e_ab - mu_a * mu_b
@@ -229,7 +262,7 @@ def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0, shave: int = 0) -> 
     ssim_map = ((2.0 * mu_a * mu_b + c1) * (2.0 * cov + c2)) / (
         (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
     )
-    return jnp.mean(ssim_map, axis=_IMAGE_AXES)
+    return xp.mean(ssim_map, axis=_IMAGE_AXES)
 
 
 @jax.jit
@@ -247,8 +280,12 @@ def gradient_magnitude(images: jax.Array) -> jax.Array:
       float32 ``(..., H, W, C)``, in ``[0, sqrt(2) * max_value]`` for inputs in
       ``[0, max_value]``.
     """
-    grad_h, grad_v = image_gradients(_float32(images))
-    return jnp.sqrt(grad_h**2 + grad_v**2)
+    return _gradient_magnitude(images, jnp)
+
+
+def _gradient_magnitude(images, xp):
+    grad_h, grad_v = image_gradients(_as_float(images, xp))
+    return xp.sqrt(grad_h**2 + grad_v**2)
 
 
 @functools.partial(jax.jit, static_argnames=("max_value", "shave"))
@@ -272,8 +309,12 @@ def gradient_psnr(
     Returns:
       float32 ``(...)`` in dB; ``inf`` where the gradient maps agree.
     """
+    return _gradient_psnr(a, b, max_value, shave, jnp)
+
+
+def _gradient_psnr(a, b, max_value, shave, xp):
     _check_pair(a, b)
-    return psnr(gradient_magnitude(a), gradient_magnitude(b), max_value=max_value, shave=shave)
+    return _psnr(_gradient_magnitude(a, xp), _gradient_magnitude(b, xp), max_value, shave, xp)
 
 
 def benchmark_luma(images: jax.Array) -> jax.Array:
@@ -292,11 +333,15 @@ def benchmark_luma(images: jax.Array) -> jax.Array:
       float32 ``(..., H, W, 1)`` on the 0-255 scale: integers in ``[16, 235]`` for RGB input,
       the input itself for greyscale.
     """
-    channels = jnp.shape(images)[-1]
+    return _benchmark_luma(images, jnp)
+
+
+def _benchmark_luma(images, xp):
+    channels = np.shape(images)[-1]
     if channels == 3:
-        return rgb_to_y(images, _LEVELS, round_y=True)
+        return _rgb_to_y(images, _LEVELS, True, xp)
     if channels == 1:
-        return _float32(images)
+        return _as_float(images, xp)
     raise ValueError(f"expected 1 (grey) or 3 (RGB) channels; got shape {jnp.shape(images)}")
 
 
@@ -306,6 +351,8 @@ class MetricSpec:
 
     Attributes:
       fn: ``fn(a, b, *, max_value, shave) -> (...)`` on ``(..., H, W, 1)`` lumas.
+      host: the same metric as ``host(a, b, max_value, shave, xp)`` on the array module ``xp``
+        (NumPy for :func:`score_y_host`), or ``None``: :func:`score_y_host` then calls ``fn``.
       label: its name in tables (``PSNR``).
       digits: decimals shown in tables.
       column: the table cell it shares (``PSNR/SSIM``: the paper's layout); a metric of its
@@ -316,12 +363,13 @@ class MetricSpec:
     label: str
     digits: int
     column: str
+    host: Callable[..., np.ndarray] | None = None
 
 
 METRICS: dict[str, MetricSpec] = {
-    "psnr": MetricSpec(psnr, "PSNR", 2, "PSNR/SSIM"),
-    "ssim": MetricSpec(ssim, "SSIM", 4, "PSNR/SSIM"),
-    "gradient_psnr": MetricSpec(gradient_psnr, "grad. PSNR", 2, "grad. PSNR"),
+    "psnr": MetricSpec(psnr, "PSNR", 2, "PSNR/SSIM", _psnr),
+    "ssim": MetricSpec(ssim, "SSIM", 4, "PSNR/SSIM", _ssim),
+    "gradient_psnr": MetricSpec(gradient_psnr, "grad. PSNR", 2, "grad. PSNR", _gradient_psnr),
 }
 """The metrics :func:`score_y` computes and eval.py's tables, JSON and CSV show, in order. A new
 metric is a function and one line here."""
@@ -357,6 +405,24 @@ def score_y(sr: jax.Array, hr: jax.Array, scale: int) -> dict[str, jax.Array]:
     _check_pair(sr, hr)
     y_sr, y_hr = benchmark_luma(sr), benchmark_luma(hr)
     return {name: spec.fn(y_sr, y_hr, max_value=_LEVELS, shave=scale) for name, spec in METRICS.items()}
+
+
+def score_y_host(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
+    """:func:`score_y` of one pair, computed in float64 NumPy on the host: no compilation.
+
+    The protocol's scores of an image pair whose shape evaluation sees once; equal to
+    :func:`score_y`'s up to its float32 rounding (well below the tables' digits). A metric
+    registered without a ``host`` function is computed with its jitted ``fn``.
+
+    Returns:
+      ``{name: float}`` for every metric in `METRICS`.
+    """
+    sr, hr = np.asarray(sr), np.asarray(hr)
+    _check_pair(sr, hr)
+    y_sr, y_hr = _benchmark_luma(sr, np), _benchmark_luma(hr, np)
+    return {name: float(spec.host(y_sr, y_hr, _LEVELS, scale, np) if spec.host is not None
+                        else spec.fn(y_sr, y_hr, max_value=_LEVELS, shave=scale))
+            for name, spec in METRICS.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("scale",))

@@ -32,6 +32,12 @@ practice).
 
 Inputs are NHWC float images in [0, 1]; outputs are float32 in roughly the same range (not
 clipped: clipping belongs to evaluation, and would zero the loss gradient of saturated pixels).
+
+Padded batches: every module takes an optional ``sizes``, the int32 ``(B, 2)`` valid LR size of
+each image stored zero-padded in the batch's top-left corner. With it, every convolution's
+output is zeroed outside the valid region at its resolution (:mod:`drn_jax.ops.mask`), so each
+image's output inside its region equals what the unpadded image gives, to float rounding: one
+compiled program serves every size up to the array's. Without it (training) nothing is added.
 """
 
 from __future__ import annotations
@@ -43,7 +49,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from drn_jax.ops import CONV_ALGORITHMS, check_conv_algorithm, conv3x3, pixel_shuffle
+from drn_jax.ops import (
+    CONV_ALGORITHMS,
+    check_conv_algorithm,
+    conv3x3,
+    pixel_shuffle,
+    replicate_edges,
+    scaled_sizes,
+    zero_outside,
+)
 from drn_jax.scales import MODEL_SCALES, num_levels
 
 __all__ = [
@@ -111,7 +125,8 @@ def _conv3x3(
 class ResidualModule(nn.Module):
     """``x + conv3x3(relu(conv3x3(x)))``: EDSR-style, no batch norm, no residual scaling.
 
-    Maps ``(B, H, W, features)`` to the same shape.
+    Maps ``(B, H, W, features)`` to the same shape. With ``sizes`` (``(B, 2)`` valid sizes at
+    this resolution, see the module docstring) each convolution's output is zeroed outside them.
     """
 
     features: int
@@ -120,11 +135,11 @@ class ResidualModule(nn.Module):
     conv: str = "auto"  # the convolution algorithm, one of CONV_ALGORITHMS (see DRN)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, sizes: jax.Array | None = None) -> jax.Array:
         y = _conv3x3(self.features, "conv_0", self.dtype, self.param_dtype, self.conv)(x)
-        y = nn.relu(y)
+        y = zero_outside(nn.relu(y), sizes)
         y = _conv3x3(self.features, "conv_1", self.dtype, self.param_dtype, self.conv)(y)
-        return x + y
+        return x + zero_outside(y, sizes)
 
 
 class PrimalBlock(nn.Module):
@@ -150,7 +165,7 @@ class PrimalBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, with_image: bool = True
+        self, x: jax.Array, with_image: bool = True, sizes: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array | None]:
         """Runs the block.
 
@@ -158,6 +173,8 @@ class PrimalBlock(nn.Module):
           x: ``(B, H, W, 3)`` image if ``head`` else ``(B, H, W, F)`` features.
           with_image: whether to compute the ``to_rgb`` side output (its parameters are only
             created when it is computed).
+          sizes: ``None``, or the int ``(B, 2)`` valid sizes of ``x``'s zero-padded images: the
+            outputs are then zero past ``2 · sizes`` (see the module docstring).
 
         Returns:
           ``(features, image)``: ``(B, 2H, 2W, F)`` features and the ``(B, 2H, 2W, 3)`` image,
@@ -167,17 +184,18 @@ class PrimalBlock(nn.Module):
             return _conv3x3(f, name, self.dtype, self.param_dtype, self.conv, **kwargs)
 
         if self.head:
-            x = conv(self.features, "head")(x)
+            x = zero_outside(conv(self.features, "head")(x), sizes)
         # With remat, each module's activations are recomputed in the backward pass instead of
         # kept: less memory for large patches and batches, at +15% FLOPs for the x4 step.
         module_class = nn.remat(ResidualModule) if self.remat else ResidualModule
         for index in range(self.num_modules):
             x = module_class(
                 self.features, self.dtype, self.param_dtype, self.conv, name=f"residual_{index}"
-            )(x)
+            )(x, sizes)
         # conv3x3 F->4F, then pixel_shuffle(2) (fused into the convolution where it can be).
-        x = conv(4 * self.features, "upsample", shuffle=2)(x)
-        image = conv(IMAGE_CHANNELS, "to_rgb")(x) if with_image else None
+        fine = scaled_sizes(sizes, 2) if sizes is not None else None
+        x = zero_outside(conv(4 * self.features, "upsample", shuffle=2)(x), fine)
+        image = zero_outside(conv(IMAGE_CHANNELS, "to_rgb")(x), fine) if with_image else None
         return x, image
 
 
@@ -194,12 +212,15 @@ class DualBlock(nn.Module):
     conv: str = "auto"  # the convolution algorithm, one of CONV_ALGORITHMS (see DRN)
 
     @nn.compact
-    def __call__(self, image: jax.Array) -> jax.Array:
+    def __call__(self, image: jax.Array, sizes: jax.Array | None = None) -> jax.Array:
+        """``sizes``: ``None``, or the ``(B, 2)`` valid sizes of ``image``'s zero-padded images."""
+        coarse = scaled_sizes(sizes, stride=2) if sizes is not None else None
         x = _conv3x3(
             self.features, "down", self.dtype, self.param_dtype, self.conv, stride=2
         )(image)
-        x = nn.relu(x)
-        return _conv3x3(IMAGE_CHANNELS, "to_rgb", self.dtype, self.param_dtype, self.conv)(x)
+        x = zero_outside(nn.relu(x), coarse)
+        x = _conv3x3(IMAGE_CHANNELS, "to_rgb", self.dtype, self.param_dtype, self.conv)(x)
+        return zero_outside(x, coarse)
 
 
 class DRNOutputs(NamedTuple):
@@ -287,15 +308,20 @@ class DRN(nn.Module):
                 for _ in range(levels)
             ]
 
-    def _check_input(self, lr: jax.Array) -> jax.Array:
+    def _check_input(self, lr: jax.Array, sizes: jax.Array | None) -> jax.Array:
         if lr.ndim != 4 or lr.shape[-1] != IMAGE_CHANNELS:
             raise ValueError(
                 f"expected an NHWC batch of RGB images (B, H, W, {IMAGE_CHANNELS}); "
                 f"got shape {lr.shape}"
             )
-        return lr.astype(self.dtype)
+        if sizes is not None and jnp.shape(sizes) != (lr.shape[0], 2):
+            raise ValueError(f"sizes must have shape ({lr.shape[0]}, 2); got {jnp.shape(sizes)}")
+        # The padding must be zero, whatever the caller left there: it stands for the
+        # convolutions' own zero padding.
+        return zero_outside(lr.astype(self.dtype), sizes)
 
-    def _primal_images(self, lr: jax.Array, all_levels: bool) -> list[jax.Array]:
+    def _primal_images(self, lr: jax.Array, all_levels: bool, sizes: jax.Array | None = None
+                       ) -> list[jax.Array]:
         """Primal images in compute dtype, coarse to fine; only the final one unless needed."""
         features = lr
         previous = lr  # the image of the level below, for image_residual
@@ -305,54 +331,74 @@ class DRN(nn.Module):
         # when the next level's image residual needs them.
         intermediate = self.progressive and (all_levels or self.image_residual)
         for level, block in enumerate(self.primal_blocks):
-            features, image = block(features, with_image=(level == last or intermediate))
+            level_sizes = scaled_sizes(sizes, 2 ** level) if sizes is not None else None
+            features, image = block(features, with_image=(level == last or intermediate),
+                                    sizes=level_sizes)
             if image is None:
                 continue
             if self.image_residual:
-                image = image + jax.image.resize(previous, image.shape, method="linear")
+                # Bilinear interpolation reads one pixel past the border, where an unpadded
+                # image has a copy of its edge pixel: give the padded one the same.
+                below_sizes = (None if sizes is None else
+                               scaled_sizes(sizes, previous.shape[1] // lr.shape[1]))
+                upsampled = jax.image.resize(replicate_edges(previous, below_sizes), image.shape,
+                                             method="linear")
+                fine_sizes = None if sizes is None else scaled_sizes(sizes, image.shape[1] // lr.shape[1])
+                image = image + zero_outside(upsampled, fine_sizes)
                 previous = image
             images.append(image)
         return images if all_levels else images[-1:]
 
-    def __call__(self, lr: jax.Array) -> DRNOutputs:
+    def __call__(self, lr: jax.Array, sizes: jax.Array | None = None) -> DRNOutputs:
         """Training forward pass: all primal levels and, if ``dual``, the dual outputs.
 
         Args:
           lr: ``(B, H, W, 3)`` float LR images in [0, 1]; any ``H``, ``W`` (odd included).
+          sizes: ``None`` (training), or the int ``(B, 2)`` valid sizes of zero-padded images:
+            every output is then zero outside its image's region and, inside it, equals the
+            unpadded image's output (see the module docstring).
 
         Returns:
           :class:`DRNOutputs` of float32 arrays: ``primal`` level ``i`` (progressive) is
           ``(B, H·2^(i+1), W·2^(i+1), 3)``; ``dual`` level ``i`` is ``(B, H·2^i, W·2^i, 3)``
           (non-progressive: ``primal = (final,)``, ``dual = ((B, H, W, 3),)``).
         """
-        x = self._check_input(lr)
-        primal = self._primal_images(x, all_levels=True)
+        x = self._check_input(lr, sizes)
+        primal = self._primal_images(x, all_levels=True, sizes=sizes)
+
+        def at(image: jax.Array) -> jax.Array | None:  # the valid sizes at image's resolution
+            return None if sizes is None else scaled_sizes(sizes, image.shape[1] // lr.shape[1])
+
         dual = None
         if self.dual:
             if self.progressive:
-                dual = [block(image) for block, image in zip(self.dual_blocks, primal)]
+                dual = [block(image, at(image)) for block, image in zip(self.dual_blocks, primal)]
             else:
                 reconstruction = primal[-1]
                 for block in reversed(self.dual_blocks):  # finest first
-                    reconstruction = block(reconstruction)
+                    reconstruction = block(reconstruction, at(reconstruction))
                 dual = [reconstruction]
             dual = tuple(d.astype(jnp.float32) for d in dual)
         return DRNOutputs(primal=tuple(p.astype(jnp.float32) for p in primal), dual=dual)
 
-    def upscale(self, lr: jax.Array) -> jax.Array:
-        """Inference: the super-resolved image only, equal to ``__call__(lr).primal[-1]``.
+    def upscale(self, lr: jax.Array, sizes: jax.Array | None = None) -> jax.Array:
+        """Inference: the super-resolved image only, equal to ``__call__(lr, sizes).primal[-1]``.
 
         Skips the dual blocks and (unless ``image_residual`` needs them) the intermediate
         levels' ``to_rgb`` convolutions.
 
         Args:
           lr: ``(B, H, W, 3)`` float LR images in [0, 1].
+          sizes: ``None``, or the int ``(B, 2)`` valid ``(h, w)`` of each image, stored in the
+            top-left corner of its entry (the rest is treated as zero padding). Image ``b``'s
+            output is then zero past ``(h·scale, w·scale)`` and, inside, equals the output of
+            the unpadded ``(1, h, w, 3)`` image to float rounding.
 
         Returns:
           float32 ``(B, H·scale, W·scale, 3)``, not clipped.
         """
-        x = self._check_input(lr)
-        return self._primal_images(x, all_levels=False)[-1].astype(jnp.float32)
+        x = self._check_input(lr, sizes)
+        return self._primal_images(x, all_levels=False, sizes=sizes)[-1].astype(jnp.float32)
 
 
 def count_params(params: Any) -> int:

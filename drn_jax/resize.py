@@ -20,6 +20,12 @@ the bicubic baseline all resample the same way:
 Each separable pass is a dense ``(out_len, in_len)`` weight matrix, built once in NumPy
 (float64) at trace time and applied with a ``HIGHEST``-precision ``einsum``: accelerators
 would otherwise multiply in bfloat16 and lose about three decimal digits.
+
+:func:`imresize` is jitted, so it compiles once per image shape. :func:`imresize_host` runs
+the same passes (one implementation, :func:`_imresize`, on either array module) in float64
+NumPy for callers that see every image shape once, such as evaluation: no compilation at all.
+Float64 is what MATLAB computes in; the two differ only where float32 rounding moves a value
+across an exact ``.5`` tie of the 8-bit rounding.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ __all__ = [
     "contributions",
     "cubic",
     "imresize",
+    "imresize_host",
     "modcrop",
     "output_shape",
     "resize_matrix",
@@ -169,10 +176,76 @@ def _check_scale(scale: float) -> None:
         raise ValueError(f"scale must be a positive finite number; got {scale!r}")
 
 
-def _round_to_levels(x: jax.Array) -> jax.Array:
+def _round_to_levels(x, xp=jnp):
     # MATLAB's double -> uint8 conversion: saturate, then round half away from zero (inputs are
     # non-negative after the clip, so floor(x + 0.5) is exactly that).
-    return jnp.floor(jnp.clip(x, 0.0, _LEVELS) + 0.5)
+    return xp.floor(xp.clip(x, 0.0, _LEVELS) + 0.5)
+
+
+def _imresize(images, scale, output_size, antialias, quantize, xp):
+    """:func:`imresize` on the array module ``xp``: ``jnp`` (float32, traced) or ``np`` (float64)."""
+    images = xp.asarray(images)
+    if images.ndim < 3:
+        raise ValueError(f"images must have shape (..., H, W, C); got shape {images.shape}")
+    is_uint8 = images.dtype == np.uint8
+    if not is_uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(f"images must be uint8 or floating point; got {images.dtype}")
+    if quantize and is_uint8:
+        raise TypeError("quantize=True is for float images; uint8 input is always quantised")
+
+    in_hw = (images.shape[-3], images.shape[-2])
+    if (scale is None) == (output_size is None):
+        raise ValueError("give exactly one of scale and output_size")
+    if scale is not None:
+        out_hw = output_shape(in_hw, scale)
+        scales = (float(scale), float(scale))
+    else:
+        out_hw = (int(output_size[0]), int(output_size[1]))
+        if min(out_hw) < 1:
+            raise ValueError(f"output_size must be positive; got {output_size}")
+        scales = (out_hw[0] / in_hw[0], out_hw[1] / in_hw[1])
+
+    levels = is_uint8 or quantize
+    compute = np.float64 if xp is np else jnp.float32
+    x = images.astype(compute)
+    if quantize:
+        x = x * _LEVELS  # work in 0-255 units so rounding matches the uint8 path
+
+    # MATLAB resizes the dimension with the smaller scale first (fewer rows to carry along
+    # when shrinking); the result differs from the other order only through rounding.
+    order = (0, 1) if scales[0] <= scales[1] else (1, 0)
+    for axis in order:
+        matrix = xp.asarray(resize_matrix(in_hw[axis], out_hw[axis], scales[axis], antialias), compute)
+        spec = "oh,...hwc->...owc" if axis == 0 else "ow,...hwc->...hoc"
+        if xp is np:
+            x = np.einsum(spec, matrix, x, optimize=True)  # BLAS, float64
+        else:
+            x = jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST)
+        if levels:
+            x = _round_to_levels(x, xp)
+
+    if is_uint8:
+        return x.astype(np.uint8)
+    if quantize:
+        x = x / _LEVELS
+    return x.astype(images.dtype)
+
+
+def imresize_host(
+    images: np.ndarray,
+    scale: float | None = None,
+    *,
+    output_size: tuple[int, int] | None = None,
+    antialias: bool = True,
+    quantize: bool = False,
+) -> np.ndarray:
+    """:func:`imresize` computed in float64 NumPy on the host: no compilation, any shape.
+
+    The same arguments, passes, rounding and errors as :func:`imresize`; returns a NumPy array
+    of the input's dtype. uint8 results equal :func:`imresize`'s except where float32 rounding
+    moves a value across an exact ``.5`` tie (float64 is what MATLAB computes in).
+    """
+    return _imresize(np.asarray(images), scale, output_size, antialias, quantize, np)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "output_size", "antialias", "quantize"))
@@ -218,46 +291,4 @@ def imresize(
         fewer than 3 dimensions.
       TypeError: an integer dtype other than ``uint8``, or ``quantize`` with ``uint8`` input.
     """
-    images = jnp.asarray(images)
-    if images.ndim < 3:
-        raise ValueError(f"images must have shape (..., H, W, C); got shape {images.shape}")
-    is_uint8 = images.dtype == jnp.uint8
-    if not is_uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(f"images must be uint8 or floating point; got {images.dtype}")
-    if quantize and is_uint8:
-        raise TypeError("quantize=True is for float images; uint8 input is always quantised")
-
-    in_hw = (images.shape[-3], images.shape[-2])
-    if (scale is None) == (output_size is None):
-        raise ValueError("give exactly one of scale and output_size")
-    if scale is not None:
-        out_hw = output_shape(in_hw, scale)
-        scales = (float(scale), float(scale))
-    else:
-        out_hw = (int(output_size[0]), int(output_size[1]))
-        if min(out_hw) < 1:
-            raise ValueError(f"output_size must be positive; got {output_size}")
-        scales = (out_hw[0] / in_hw[0], out_hw[1] / in_hw[1])
-
-    levels = is_uint8 or quantize
-    x = images.astype(jnp.float32)
-    if quantize:
-        x = x * _LEVELS  # work in 0-255 units so rounding matches the uint8 path
-
-    # MATLAB resizes the dimension with the smaller scale first (fewer rows to carry along
-    # when shrinking); the result differs from the other order only through rounding.
-    order = (0, 1) if scales[0] <= scales[1] else (1, 0)
-    for axis in order:
-        matrix = jnp.asarray(
-            resize_matrix(in_hw[axis], out_hw[axis], scales[axis], antialias), jnp.float32
-        )
-        spec = "oh,...hwc->...owc" if axis == 0 else "ow,...hwc->...hoc"
-        x = jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST)
-        if levels:
-            x = _round_to_levels(x)
-
-    if is_uint8:
-        return x.astype(jnp.uint8)
-    if quantize:
-        x = x / _LEVELS
-    return x.astype(images.dtype)
+    return _imresize(images, scale, output_size, antialias, quantize, jnp)

@@ -1,18 +1,37 @@
 """Upscales image files with a trained DRN: ``drn-upscale INPUT... --output_dir DIR``.
 
-Files and folders (searched recursively for PNG, JPEG and BMP) go in; ``<stem>_x<scale>.png``
-files come out. Every image runs through :class:`drn_jax.inference.Upscaler` in fixed-shape tiles
-(``--tile``, 256 LR pixels by default), so memory stays bounded and the network compiles once
-for all images larger than a tile; the tile overlap defaults to the network's receptive-field
-radius, which makes the tiled result equal the untiled one. The network comes from a training
-``--workdir`` (or ``--checkpoint``), or from ``--pretrained NAME``, a model shipped with the
-package (:mod:`drn_jax.pretrained`).
+Files and folders (searched recursively for PNG, JPEG, BMP, TIFF, WebP and GIF) go in;
+``<stem>_x<factor>.<png|jpg|webp>`` files come out. Every image runs through
+:class:`drn_jax.inference.Upscaler` in fixed-shape tiles (``--tile``, 256 LR pixels by default),
+so memory stays bounded (the output at its final depth plus one batch of tiles) and the network
+compiles once for all images larger than a tile; the tile overlap defaults to the network's
+receptive-field radius, which makes the tiled result equal the untiled one. A batch of tiles is
+split over every local device. The network comes from a training ``--workdir`` (or
+``--checkpoint``), or from ``--pretrained NAME``, a model shipped with the package
+(:mod:`drn_jax.pretrained`).
 
-Inputs are read by :func:`drn_jax.image_io.read_image`: convertible files (greyscale, RGBA,
-16-bit, palette, CMYK) are converted with a one-line warning and upscaled; unusable ones
-(unreadable, truncated, over ``--max_pixels``) are reported in one line naming the file and
-skipped, and the batch goes on. Exit status: 0 if every image was written, 1 if any failed,
-2 for usage errors (bad flags, no checkpoint, no inputs).
+What a file holds is kept (:func:`drn_jax.image_io.read_picture`):
+
+* **Alpha.** The colour goes through the network; the alpha channel is upscaled by the
+  project's bicubic (:func:`drn_jax.resize.imresize_host`, ``--alpha=bicubic``, the default) or
+  by the network as a grey image (``--alpha=network``). Fully transparent pixels' colour is
+  replaced by that of the nearest visible pixel first, so what was hidden under alpha 0 cannot
+  bleed into the visible edges.
+* **Depth and greyscale.** A 16-bit PNG or TIFF is fed to the network at 16 bits and written at
+  16 bits; a greyscale file comes out greyscale (the mean of the network's three channels).
+* **Orientation and colour profile.** EXIF orientation is applied; the ICC profile is embedded
+  in the output.
+
+``--outscale`` sets any final factor: the model's scale, then the project's bicubic to the
+``round(outscale · size)`` (that last resize holds the whole output in float64). ``--format``
+and ``--quality`` choose the file type; ``--dtype=bfloat16`` runs the network in bfloat16 (for
+accelerators). An existing output is kept unless ``--overwrite``.
+
+Unusable inputs (unreadable, truncated, over ``--max_pixels``, a folder without images, an
+existing output) are reported in one line naming the file and skipped, and the batch goes on;
+convertible ones (CMYK, animated, EXIF-rotated) are upscaled with a one-line note. Exit status:
+0 if every image was written, 1 if any failed, 2 for usage errors (bad flags, no checkpoint,
+no inputs).
 """
 
 from __future__ import annotations
@@ -24,19 +43,27 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import flags
+from scipy import ndimage
 
 from drn_jax import cli, image_io, inference, loading
 from drn_jax.errors import ImageReadError, one_line
+from drn_jax.resize import imresize_host
 from drn_jax.rundir import DEFAULT_WORKDIR
 
+__all__ = ["define_flags", "fill_transparent", "main", "run", "upscale_picture"]
+
 DEFAULT_TILE = 256
+BICUBIC_RADIUS = 2  # LR pixels the bicubic kernel reads on each side when enlarging
 USAGE = "drn-upscale INPUT... --output_dir=DIR [--pretrained=NAME | --workdir=RUN | --checkpoint=STEP_DIR]"
 
 
 def define_flags(values: flags.FlagValues) -> None:
     """drn-upscale's flags, in `values` (a private `flags.FlagValues`: no global flags)."""
-    flags.DEFINE_string("output_dir", None, "folder for the upscaled PNGs", flag_values=values)
+    flags.DEFINE_string("output_dir", None, "folder for the upscaled images", flag_values=values)
     flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "training workdir whose latest checkpoint is used",
                         flag_values=values)
     flags.DEFINE_string("checkpoint", None, "a checkpoint step folder <workdir>/checkpoints/<step>",
@@ -46,12 +73,24 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_enum("method", "model", ["model", "bicubic"],
                       "the network, or MATLAB bicubic as a baseline", flag_values=values)
     flags.DEFINE_integer("scale", None, "upscaling factor (bicubic only; a model has its own)", flag_values=values)
+    flags.DEFINE_float("outscale", None, "final factor, any positive number (default: the scale): the "
+                       "model's scale, then bicubic", lower_bound=0.0, flag_values=values)
+    flags.DEFINE_enum("alpha", "bicubic", ["bicubic", "network"],
+                      "how the alpha channel is upscaled", flag_values=values)
+    flags.DEFINE_enum("format", "png", list(image_io.OUTPUT_FORMATS), "output file type", flag_values=values)
+    flags.DEFINE_integer("quality", 95, "JPEG / WebP quality", lower_bound=1, upper_bound=100,
+                         flag_values=values)
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                      "the network's computation type (bfloat16 for accelerators)", flag_values=values)
+    flags.DEFINE_bool("overwrite", False, "replace existing outputs", flag_values=values)
     flags.DEFINE_bool("self_ensemble", False, "average the 8 flips/rotations (8x slower, slightly better)",
                       flag_values=values)
     flags.DEFINE_integer("tile", DEFAULT_TILE, "tile side in LR pixels; 0 runs whole images", lower_bound=0,
                          flag_values=values)
     flags.DEFINE_integer("tile_overlap", None, "LR pixels of context around each tile (default: the "
                          "receptive-field radius)", lower_bound=0, flag_values=values)
+    flags.DEFINE_integer("tiles_per_device", 1, "tiles each device runs per network call", lower_bound=1,
+                         flag_values=values)
     flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
                          "refuse images whose header declares more pixels", lower_bound=1, flag_values=values)
     flags.DEFINE_bool("no_progress", False, "no progress bar", flag_values=values)
@@ -67,30 +106,108 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(f"{level}: {record.getMessage()}", file=sys.stderr)
 
 
-def _output_path(output_dir: pathlib.Path, path: pathlib.Path, scale: int, used: set[pathlib.Path]
-                 ) -> pathlib.Path:
-    """``<stem>_x<scale>.png``; a stem seen before in this run (a.png, a.jpg, sub/a.png) gets ``_2``, ..."""
-    target = output_dir / f"{path.stem}_x{scale}.png"
+def _factor_text(factor: float) -> str:
+    return f"{factor:g}"
+
+
+def _output_path(output_dir: pathlib.Path, path: pathlib.Path, factor: float, extension: str,
+                 used: set[pathlib.Path]) -> pathlib.Path:
+    """``<stem>_x<factor>.<ext>``; a stem seen before in this run (a.png, a.jpg, sub/a.png) gets ``_2``, ..."""
+    tag = _factor_text(factor)
+    target = output_dir / f"{path.stem}_x{tag}.{extension}"
     count = 1
     while target in used:
         count += 1
-        target = output_dir / f"{path.stem}_x{scale}_{count}.png"
+        target = output_dir / f"{path.stem}_x{tag}_{count}.{extension}"
     used.add(target)
     return target
 
 
-def _load_upscaler(values: flags.FlagValues):
+def fill_transparent(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``colour`` with every fully transparent pixel given the colour of the nearest pixel that
+    is not (Euclidean distance; ties as ``scipy.ndimage.distance_transform_edt`` breaks them).
+
+    What a file stores under alpha 0 is arbitrary (often black or a stale background); any
+    upscaler mixes it into the visible pixels next to it. An image without a visible pixel is
+    returned unchanged.
+
+    Args:
+      colour: float ``(H, W, C)``.
+      alpha: float ``(H, W, 1)`` in ``[0, 1]``.
+    """
+    hidden = alpha[..., 0] <= 0
+    if not hidden.any() or hidden.all():
+        return colour
+    _, (rows, cols) = ndimage.distance_transform_edt(hidden, return_indices=True)
+    return colour[rows, cols]
+
+
+def _bicubic_predict(scale: int):
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return imresize_host(batch, scale)
+    return predict
+
+
+def upscale_picture(picture: image_io.Picture, colour: inference.Upscaler, *, alpha_mode: str = "bicubic",
+                    outscale: float | None = None) -> np.ndarray:
+    """The upscaled picture as uint8/uint16 ``(H', W', C)`` pixels at the picture's bit depth.
+
+    ``C`` is the picture's: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA. ``colour`` upscales the
+    colour (a grey picture is fed as R = G = B and comes back as the mean of the three);
+    the alpha goes through ``colour`` too with ``alpha_mode="network"``, else through the
+    project's bicubic in the same tiles (tiled bicubic equals whole-image bicubic: its border
+    rule is the mirror the tiles are padded with). ``outscale`` (default: ``colour.scale``)
+    resizes both with the bicubic afterwards, to ``round(outscale · (H, W))``.
+
+    Fully transparent pixels' colour is first filled from their visible neighbours
+    (:func:`fill_transparent`).
+    """
+    scale = colour.scale
+    bits = picture.bits
+    final = None if outscale is None or outscale == scale else outscale
+    height, width = picture.colour.shape[:2]
+
+    def run(upscaler: inference.Upscaler, image: np.ndarray, grey: bool) -> np.ndarray:
+        rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+        if final is None:
+            return upscaler.upscale_to(rgb, bits, grey=grey)
+        size = (max(1, round(height * final)), max(1, round(width * final)))
+        enlarged = imresize_host(upscaler.upscale_to(rgb, None, grey=grey), output_size=size)
+        return inference.to_bits(enlarged, bits)
+
+    source = picture.colour
+    if picture.alpha is not None:
+        source = fill_transparent(source, picture.alpha)
+    channels = [run(colour, source, picture.grey)]
+    if picture.alpha is not None:
+        if alpha_mode == "network":
+            alpha_upscaler = colour
+        elif alpha_mode == "bicubic":
+            alpha_upscaler = inference.make_upscaler(
+                _bicubic_predict(scale), scale, tile=colour.tile,
+                tile_overlap=BICUBIC_RADIUS if colour.tile else None)
+        else:
+            raise ValueError(f"alpha_mode must be bicubic or network; got {alpha_mode!r}")
+        channels.append(run(alpha_upscaler, picture.alpha, True))
+    return channels[0] if len(channels) == 1 else np.concatenate(channels, axis=-1)
+
+
+def _load_upscaler(values: flags.FlagValues) -> inference.Upscaler:
     if values.method == "bicubic":
         if values.scale is None:
             raise ValueError("--scale is required with --method=bicubic")
-        return inference.BicubicUpscaler(values.scale)
+        tile = values.tile or None
+        return inference.make_upscaler(_bicubic_predict(values.scale), values.scale, tile=tile,
+                                       tile_overlap=BICUBIC_RADIUS if tile else None)
+    overrides = {"dtype": jnp.bfloat16} if values.dtype == "bfloat16" else {}
     config, model, variables = loading.load_model(
         pretrained=values.pretrained, checkpoint=values.checkpoint,
-        workdir=None if values.checkpoint else values.workdir)
+        workdir=None if values.checkpoint else values.workdir, **overrides)
     if values.scale is not None and values.scale != model.scale:
         raise ValueError(f"the checkpoint's model upscales x{model.scale}; drop --scale")
     return inference.make_upscaler(model, variables=variables, tile=values.tile or None,
-                                   tile_overlap=values.tile_overlap, self_ensemble=values.self_ensemble)
+                                   tile_overlap=values.tile_overlap, self_ensemble=values.self_ensemble,
+                                   devices=jax.local_devices(), tiles_per_device=values.tiles_per_device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,12 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     define_flags(values)
     inputs = cli.parse_flags(["drn-upscale", *(sys.argv[1:] if argv is None else argv)], values)[1:]
 
-    # The entry point shows image_io's conversion notes above the progress bar; undone on exit.
+    # The entry point shows image_io's notes above the progress bar; undone on exit.
     handler = _TqdmHandler()
     io_logger = logging.getLogger(image_io.__name__)
     level, propagate = io_logger.level, io_logger.propagate
     io_logger.addHandler(handler)
-    io_logger.setLevel(logging.INFO)  # greyscale replication is an INFO record; show it too
+    io_logger.setLevel(logging.INFO)
     io_logger.propagate = False
     try:
         return cli.exit_status(_upscale_all, inputs, values)
@@ -117,6 +234,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         io_logger.propagate = propagate
 
 
+def _expand(inputs: Sequence[str]) -> tuple[list[pathlib.Path], list[str]]:
+    """(image paths in order, without repeats; one-line errors for folders without images)."""
+    paths, errors = [], []
+    for item in inputs:
+        path = pathlib.Path(item).expanduser()
+        if path.is_dir():
+            found = image_io.list_images(path, image_io.PICTURE_EXTENSIONS)
+            if not found:
+                errors.append(f"{path}: a folder without images ({', '.join(image_io.PICTURE_EXTENSIONS)}, "
+                              "searched recursively)")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return list(dict.fromkeys(paths)), errors
+
+
 def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
     from tqdm import tqdm
 
@@ -124,21 +257,35 @@ def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
         raise ValueError(f"no INPUT given; usage: {USAGE}")
     if not values.output_dir:
         raise ValueError(f"--output_dir is required; usage: {USAGE}")
-    paths = image_io.expand_inputs(inputs)
+    if values.outscale is not None and values.outscale <= 0:
+        raise ValueError(f"--outscale must be positive; got {values.outscale}")
+    paths, folder_errors = _expand(inputs)
     if not paths:
-        raise ValueError(f"no PNG, JPEG or BMP images in {', '.join(inputs)}")
+        raise ValueError(f"no images in {', '.join(inputs)}")
     upscaler = _load_upscaler(values)
     output_dir = pathlib.Path(values.output_dir).expanduser()
+    factor = values.outscale if values.outscale is not None else upscaler.scale
+    extension = values.format
 
+    for message in folder_errors:
+        print(f"error: {message}; skipped", file=sys.stderr)
     failed, used = [], set()
     start = time.perf_counter()
     bar = tqdm(paths, unit="img", file=sys.stderr, disable=values.no_progress, dynamic_ncols=True)
     for path in bar:
         bar.set_postfix_str(path.name, refresh=False)
         try:
-            lr = image_io.read_image(path, max_pixels=values.max_pixels)
-            target = _output_path(output_dir, path, upscaler.scale, used)
-            image_io.write_png(target, upscaler(lr))
+            target = _output_path(output_dir, path, factor, extension, used)
+            if target.exists() and not values.overwrite:
+                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+            picture = image_io.read_picture(path, max_pixels=values.max_pixels)
+            for note in picture.notes:
+                tqdm.write(f"note: {note}", file=sys.stderr)
+            pixels = upscale_picture(picture, upscaler, alpha_mode=values.alpha, outscale=values.outscale)
+            notes = image_io.write_picture(target, pixels, format=values.format, quality=values.quality,
+                                           icc_profile=picture.icc_profile)
+            for note in notes:
+                tqdm.write(f"note: {note}", file=sys.stderr)
         except ImageReadError as err:
             tqdm.write(f"error: {err}; skipped", file=sys.stderr)
             failed.append(path)
@@ -148,12 +295,14 @@ def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
             failed.append(path)
     bar.close()
     done = len(paths) - len(failed)
+    total = len(paths) + len(folder_errors)
+    failures = [str(p) for p in failed] + [m.split(":", 1)[0] for m in folder_errors]
     seconds = time.perf_counter() - start
-    print(f"upscaled {done} of {len(paths)} image{'s' * (len(paths) != 1)} x{upscaler.scale} "
+    print(f"upscaled {done} of {total} image{'s' * (total != 1)} x{_factor_text(factor)} "
           f"into {output_dir} in {seconds:.1f} s"
-          + (f"; {len(failed)} failed: {', '.join(str(p) for p in failed)}" if failed else ""),
-          file=sys.stderr if failed else sys.stdout)
-    return 1 if failed else 0
+          + (f"; {len(failures)} failed: {', '.join(failures)}" if failures else ""),
+          file=sys.stderr if failures else sys.stdout)
+    return 1 if failures else 0
 
 
 def run() -> None:

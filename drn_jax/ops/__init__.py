@@ -4,6 +4,9 @@
 * :func:`conv3x3`: the 3×3 convolution (+ bias, + pixel shuffle) with an explicit ``algorithm``,
   one of :data:`CONV_ALGORITHMS` = ``("auto", "winograd", "xla")``;
 * :func:`pixel_shuffle`: PyTorch-order depth to space;
+* :func:`zero_outside`, :func:`replicate_edges`, :func:`scaled_sizes`, :func:`valid_mask`:
+  valid-region masks that make a zero-padded batch compute what its unpadded images would
+  (:mod:`drn_jax.ops.mask`);
 * :mod:`drn_jax.ops.winograd`: the Winograd F(4×4, 3×3) and shifted-sum convolutions for CPU.
 """
 
@@ -14,5 +17,7 @@ from drn_jax.ops.conv import (
     conv3x3_path,
     pixel_shuffle,
 )
+from drn_jax.ops.mask import replicate_edges, scaled_sizes, valid_mask, zero_outside
 
-__all__ = ["CONV_ALGORITHMS", "check_conv_algorithm", "conv3x3", "conv3x3_path", "pixel_shuffle"]
+__all__ = ["CONV_ALGORITHMS", "check_conv_algorithm", "conv3x3", "conv3x3_path", "pixel_shuffle",
+           "replicate_edges", "scaled_sizes", "valid_mask", "zero_outside"]
