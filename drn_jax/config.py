@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.val = "samples:val"
     config.data.hr_patch_size = 192  # guess: 48-pixel LR patches
     config.data.shuffle_buffer = 1024
+    # TFDS: crops cut from each decoded image (K > 1 decodes a JPEG once for K crops, ~K times
+    # the crops per core; a batch then holds K crops of each image). Other sources ignore it.
+    config.data.crops_per_image = 1
     config.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
     config.data.val_limit = 0  # 0: every validation image
 
@@ -146,5 +149,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
                   "lr_decay_every", "keep_checkpoints"):
         if config[field] < 1:
             raise ConfigError(f"{field}={config[field]} must be at least 1")
+    per_image = config.data.crops_per_image
+    if isinstance(per_image, bool) or not isinstance(per_image, int) or per_image < 1:
+        raise ConfigError(f"data.crops_per_image={per_image!r} must be an integer of at least 1")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"ema_decay={config.ema_decay} must be in [0, 1)")

@@ -13,6 +13,7 @@ CPU, eight emulated devices, or a multi-host pod slice.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import math
@@ -20,7 +21,7 @@ import os
 import pathlib
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -158,6 +159,35 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def global_batch(local_hr: np.ndarray, mesh: Mesh) -> jax.Array:
     """Assembles the global (B, H, W, 3) batch from this process's (B / processes, ...) part."""
     return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(DATA_AXIS)), local_hr)
+
+
+def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, depth: int = 2
+                     ) -> Iterator[tuple[dict[str, np.ndarray], jax.Array, float]]:
+    """Yields (local batch, its global sharded ``hr`` array, seconds waited for it), keeping
+    ``depth`` batches already handed to the devices.
+
+    The transfer (`global_batch`, asynchronous) of the next batches then runs while the
+    current step computes, and the step never waits for a copy. The seconds are the time
+    spent blocked on ``batches`` (the host's input stream) when topping the queue up: time
+    the loop waited for data rather than for the devices.
+    """
+    queue: collections.deque = collections.deque()
+
+    def top_up() -> bool:
+        start = time.perf_counter()
+        try:
+            local = next(batches)
+        except StopIteration:
+            return False
+        queue.append((local, global_batch(local["hr"], mesh), time.perf_counter() - start))
+        return True
+
+    for _ in range(depth):
+        top_up()
+    while queue:
+        item = queue.popleft()
+        top_up()  # before the step that uses ``item`` is dispatched: its copy overlaps the last one
+        yield item
 
 
 # ---------------------------------------------------------------------------
@@ -332,9 +362,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
     dataset = data.create_train_dataset(
         train_source, patch_size=config.data.hr_patch_size, batch_size=local_batch, seed=config.seed,
         shuffle_buffer=config.data.shuffle_buffer, start_position=data_position,
-        process_index=jax.process_index(), process_count=num_processes)
+        process_index=jax.process_index(), process_count=num_processes,
+        crops_per_image=config.data.crops_per_image)
     writer.log_text(dataset.source_info.summary())
-    batches = dataset.as_numpy_iterator()
+    # Two batches ahead on the devices: input and compute overlap.
+    batches = prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, depth=2)
     train_step = make_train_step(config, model, optimizer, mesh)
     # Validation runs on process 0 only: it alone logs, and the others need not wait for it.
     validate = evaluation.make_validator(config, model, val_images) if is_lead else None
@@ -363,6 +395,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
     window_step, window_start = start_step, time.perf_counter()
     steady_step, steady_start = None, None
     paused_seconds = 0.0
+    data_wait = [0.0, 0]  # seconds blocked on the input stream, and steps, since the last log line
 
     def check_pending() -> None:
         """Waits for the pending step, stops on a non-finite loss, logs every N steps."""
@@ -382,6 +415,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         if pending_step % config.log_every_steps == 0 or pending_step == config.num_train_steps:
             throughput = (pending_step - window_step) * config.batch_size / max(now - window_start, 1e-9)
             eta = (config.num_train_steps - pending_step) * config.batch_size / throughput
+            # Milliseconds per step the loop was blocked on input: near 0 when it keeps up.
+            values["data_wait_ms"] = 1000.0 * data_wait[0] / max(data_wait[1], 1)
+            data_wait[:] = [0.0, 0]
             writer.log_train(pending_step, config.num_train_steps, values, throughput, format_duration(eta))
             window_step, window_start = pending_step, now
 
@@ -393,8 +429,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         try:
             try:
                 while step < config.num_train_steps and stopped_by() is None:
-                    local = next(batches)
-                    state, metrics = train_step(state, global_batch(local["hr"], mesh))
+                    local, hr, waited = next(batches)
+                    data_wait[0] += waited
+                    data_wait[1] += 1
+                    state, metrics = train_step(state, hr)
                     check_pending()  # overlaps the host sync with the step just dispatched
                     step += 1
                     data_position = int(local["position"].max()) + 1

@@ -140,6 +140,8 @@ def test_tiny_run_writes_checkpoints_logs_and_summary(uninterrupted_run):
     train_steps = [e["step"] for e in events if e["event"] == "train"]
     assert train_steps == [1, 2, 3, 4, 5, 6]
     assert all(e["images_per_second"] > 0 and np.isfinite(e["total"]) for e in events if e["event"] == "train")
+    # The input wait per step, measured by the device prefetch, is logged with the metrics.
+    assert all(0 <= e["data_wait_ms"] < 60_000 for e in events if e["event"] == "train")
     assert [e["step"] for e in events if e["event"] == "eval"] == [3, 6]
     written = json.loads((workdir / "summary.json").read_text())
     for key in ("step", "val_psnr", "val_ssim", "val_psnr_bicubic", "images_per_second"):

@@ -94,6 +94,8 @@ class StreamOptions:
       threads: worker threads (None: the source chooses, usually one per core).
       cache_bytes: keep decoded images in memory when they fit in this many bytes.
       max_pixels: larger images are skipped as unreadable.
+      crops_per_image: crops cut from each decoded record (TFDS only; other sources
+        hold or read their images whole and ignore it), >= 1.
     """
     patch_size: int
     batch_size: int
@@ -105,6 +107,7 @@ class StreamOptions:
     threads: int | None
     cache_bytes: int
     max_pixels: int
+    crops_per_image: int = 1
 
 
 class TrainDataset(Protocol):

@@ -12,8 +12,11 @@ free resuming) and on any thread.
   words, each reduced modulo its range (the bias is below 1e-12 for sides under
   millions). Hashing costs less than constructing a generator per crop.
 * `dihedral` -- transform ``t`` is ``np.rot90(window, t % 4)`` (counter-clockwise),
-  then a left-right flip when ``t >= 4``.
-* `crop` -- both, written into a caller's array (the batch being assembled).
+  then a left-right flip when ``t >= 4``. (The TFDS stream applies the same two steps
+  with TensorFlow ops, `tfds_source`, and draws the words of `window_words` in bulk: a
+  Python call per record costs more than decoding it; tests check it against `crop`.)
+* `crop` -- both, written into a caller's array (the batch being assembled); `cut` is
+  its second half, for a window already chosen.
 * `permutation` -- a permutation of ``n`` keyed by (key, counter): the image order of
   one epoch (folders) or one shuffle block (TFDS). It sorts ``n`` raw 64-bit words of
   NumPy's Philox generator keyed by (key, counter) -- fixed by the Philox4x64-10
@@ -42,11 +45,27 @@ def crop_window(key: int, position: int, height: int, width: int,
       height, width: the image's size; both >= ``patch``.
       patch: side of the square window.
     """
-    digest = hashlib.blake2b(struct.pack("<QQ", key, position), digest_size=24).digest()
-    words = struct.unpack("<3Q", digest)
+    words = _words(key, position)
     top = words[0] % (height - patch + 1)
     left = words[1] % (width - patch + 1)
     return top, left, words[2] % NUM_TRANSFORMS
+
+
+def window_words(key: int, positions: np.ndarray) -> np.ndarray:
+    """The three random words of `crop_window` for each position, uint64 (..., 3).
+
+    ``crop_window`` is ``(w0 % (height - patch + 1), w1 % (width - patch + 1), w2 % 8)``
+    of them; the TFDS stream draws the words for a block of positions at once and reduces
+    them in the tf.data graph, once the image's size is known.
+    """
+    positions = np.asarray(positions, np.int64)
+    flat = [_words(key, int(p)) for p in positions.reshape(-1)]
+    return np.array(flat, np.uint64).reshape(positions.shape + (3,))
+
+
+def _words(key: int, position: int) -> tuple[int, int, int]:
+    digest = hashlib.blake2b(struct.pack("<QQ", key, position), digest_size=24).digest()
+    return struct.unpack("<3Q", digest)
 
 
 def dihedral(pixels: np.ndarray, transform: int) -> np.ndarray:
@@ -78,6 +97,26 @@ def crop(image: np.ndarray, key: int, position: int, patch: int,
     """
     height, width = image.shape[:2]
     top, left, transform = crop_window(key, position, height, width, patch)
+    return cut(image, top, left, transform, patch, out)
+
+
+def cut(image: np.ndarray, top: int, left: int, transform: int, patch: int,
+        out: np.ndarray | None = None) -> np.ndarray:
+    """``dihedral(image[top:top + patch, left:left + patch], transform)``, copied.
+
+    The second half of `crop`, for a caller that chose the window itself (the TFDS
+    stream decodes only the part of a JPEG that its windows cover, and cuts them from
+    that part with shifted corners).
+
+    Args:
+      image: (H, W, C) with the window inside it.
+      top, left, transform: the window's corner and its transform, as `crop_window`.
+      patch: side of the window.
+      out: where to write it, (patch, patch, C) of ``image``'s dtype; None: a new array.
+
+    Returns:
+      ``out`` (or the new array), (patch, patch, C).
+    """
     view = dihedral(image[top:top + patch, left:left + patch], transform)
     if out is None:
         out = np.empty((patch, patch) + image.shape[2:], image.dtype)

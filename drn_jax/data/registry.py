@@ -88,7 +88,8 @@ def create_train_dataset(source: str | Source,
                          threads: int | None = None,
                          cache_bytes: int = DEFAULT_CACHE_BYTES,
                          max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
-                         tfds_data_dir: str | None = None) -> TrainDataset:
+                         tfds_data_dir: str | None = None,
+                         crops_per_image: int = 1) -> TrainDataset:
     """An infinite, deterministic, resumable stream of batches of random crops.
 
     Each image is converted to 8-bit RGB (greyscale replicated, alpha dropped, as
@@ -122,6 +123,9 @@ def create_train_dataset(source: str | Source,
         (3 per pixel); else decode every crop's image from its file.
       max_pixels: images whose header declares more pixels are skipped as unreadable.
       tfds_data_dir: TFDS data directory, for a source string.
+      crops_per_image: TFDS: crops cut from each decoded record, at consecutive positions
+        (each still keyed by its own position, so the stream equals decoding every crop's
+        image anew); other sources ignore it.
 
     Returns:
       An object with ``source_info`` (a `SourceInfo`) and ``as_numpy_iterator()``, which
@@ -139,12 +143,15 @@ def create_train_dataset(source: str | Source,
         raise ValueError(f"start_position must be >= 0, got {start_position}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be positive or None, got {threads}")
+    if crops_per_image < 1:
+        raise ValueError(f"crops_per_image must be positive, got {crops_per_image}")
     parsed = as_source(source, tfds_data_dir)
     process_index, process_count = _process_split(process_index, process_count)
     options = StreamOptions(patch_size=patch_size, batch_size=batch_size, seed=seed,
                             start_position=start_position, process_index=process_index,
                             process_count=process_count, shuffle_buffer=shuffle_buffer,
-                            threads=threads, cache_bytes=cache_bytes, max_pixels=max_pixels)
+                            threads=threads, cache_bytes=cache_bytes, max_pixels=max_pixels,
+                            crops_per_image=crops_per_image)
     dataset = parsed.train_stream(options)
     logger.info("%s", dataset.source_info.summary())
     return dataset

@@ -6,18 +6,18 @@ and TFDS inside its methods, and hides the GPUs from TensorFlow there, the first
 (tf.data needs only the CPU, and TensorFlow would otherwise reserve most of the GPU
 memory at its first op, leaving JAX without it).
 
-The training stream, per process (`tfds.split_for_jax_process`): each epoch reads the
-process's split in stored order (which TFDS shuffled when it prepared the dataset)
-with the image left encoded (`tfds.decode.SkipDecoding`), cuts it into blocks of
-``shuffle_buffer`` records, permutes each block by `crops.permutation` keyed by
-(order key, ``epoch * blocks_per_epoch + block``), and numbers the records: position
-``epoch * n + i``. Resuming replays the current epoch's encoded records up to
-``start_position`` without decoding them: up to one epoch of reading (for ImageNet up
-to ~140 GB, minutes on fast storage; for DIV2K, seconds). Images are decoded by
-``tf.io.decode_image`` (3 channels, uint8) and cropped by `crops.crop` keyed by
-(crop key, position), like every source; images smaller than the crop are skipped
-after their position is assigned, so positions have gaps (``dense_positions`` False).
-Batches are ``{'hr': uint8 (B, P, P, 3), 'position': int64 (B,)}``.
+The training stream, per process (`tfds.split_for_jax_process`): the split's TFRecord
+files are read in seeded chunks and shuffled in blocks of ``shuffle_buffer`` records, both
+anew every epoch (`tfds_order`); record position ``epoch * n + i`` holds the crops at
+positions ``(epoch * n + i) * K + k``, ``K = crops_per_image``. Resuming starts reading at the
+block of the start position. A JPEG record's size is read from its header, its crop windows
+drawn by `crops.crop_window`'s words for (crop key, position), and only the rectangle that
+covers them, plus `_JPEG_MARGIN` pixels, is decoded (`tf.image.decode_and_crop_jpeg`): the
+crops are bit-identical to `crops.crop` of the fully decoded image. Other formats are
+decoded whole (``tf.io.decode_image``, 3 channels, uint8). Images smaller than the crop,
+and records that cannot be decoded (counted and named once, in `SkippedRecords`), are
+skipped after their positions were assigned, so positions have gaps (``dense_positions``
+False). Batches are ``{'hr': uint8 (B, P, P, 3), 'position': int64 (B,)}``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from drn_jax.data import crops
+from drn_jax.data import crops, tfds_order
 from drn_jax.data.base import (FormError, Source, SourceError, SourceInfo, StreamOptions,
                                derive_key, first_line)
 
@@ -118,72 +119,38 @@ class TfdsSource(Source):
 
     def train_stream(self, options: StreamOptions) -> TfDataset:
         tf, tfds = _tensorflow(self.spec), _tfds(self.spec)
-        patch = options.patch_size
         builder = tfds.builder(self.name, data_dir=self.data_dir)
         split = tfds.split_for_jax_process(self.split, process_index=options.process_index,
                                            process_count=options.process_count)
-        count = builder.info.splits[split].num_examples
+        split_info = builder.info.splits[split]
+        count = split_info.num_examples
         if count == 0:
             raise SourceError(f"data source {self.spec!r}: process {options.process_index} of "
                               f"{options.process_count} gets no records of split {self.split!r}")
-        records = builder.as_dataset(split=split, shuffle_files=False,
-                                     decoders={self.key: tfds.decode.SkipDecoding()})
-        key = self.key
-        records = records.map(lambda example: example[key])  # encoded image bytes only
+        file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+        if file_format != "tfrecord":
+            raise SourceError(f"data source {self.spec!r}: {self.name} is stored as {file_format}; "
+                              "the training stream reads TFRecord files: prepare it with "
+                              f"`tfds build {self.name} --file_format=tfrecord`")
         buffer = max(1, min(options.shuffle_buffer, count))
-        blocks_per_epoch = -(-count // buffer)
-        order_key = derive_key(options.seed, options.process_index, "order")
+        files = [(str(f.filename), f.skip, f.take) for f in split_info.file_instructions]
+        # Half-block chunks: every shuffle block mixes records from at least two places
+        # of the split, and the chunk order, hence the blocks, change with every epoch.
+        chunk_list = tfds_order.chunks(files, max(1, buffer // 2))
+        order = tfds_order.RecordOrder(
+            chunk_list, chunk_key=derive_key(options.seed, options.process_index, "chunk order"),
+            block_key=derive_key(options.seed, options.process_index, "order"), block_size=buffer)
         crop_key = derive_key(options.seed, options.process_index, "crop")
-
-        def block_order(epoch: np.ndarray, block_index: np.ndarray, size: np.ndarray) -> np.ndarray:
-            return crops.permutation(order_key, int(epoch) * blocks_per_epoch + int(block_index),
-                                     int(size))
-
-        def permute(epoch, block_index, block):
-            # A stateless permutation per (seed, process, epoch, block) rather than
-            # Dataset.shuffle, whose seed also depends on TensorFlow's global seed.
-            size = tf.shape(block, out_type=tf.int64)[0]
-            order = tf.numpy_function(block_order, [epoch, block_index, size], tf.int64,
-                                      stateful=False)
-            return tf.gather(block, order)
-
-        def epoch_records(epoch):
-            shuffled = records.batch(buffer).enumerate().map(
-                lambda block_index, block: permute(epoch, block_index, block)).unbatch()
-            return shuffled.enumerate().map(lambda i, record: (epoch * count + i, record))
-
-        start_epoch, offset = divmod(options.start_position, count)
-        dataset = tf.data.Dataset.counter(start_epoch, dtype=tf.int64).flat_map(epoch_records)
-        dataset = dataset.skip(offset)  # encoded records only: reading, no decoding
-
-        def decode(position, record):
-            pixels = tf.io.decode_image(record, channels=3, dtype=tf.uint8, expand_animations=False)
-            return position, pixels
-
-        def crop_numpy(position: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-            return crops.crop(pixels, crop_key, int(position), patch)
-
-        def crop_image(position, pixels):
-            hr = tf.numpy_function(crop_numpy, [position, pixels], tf.uint8, stateful=False)
-            return {"hr": tf.ensure_shape(hr, [patch, patch, 3]), "position": position}
-
-        def fits(position, pixels):
-            return tf.reduce_min(tf.shape(pixels)[:2]) >= patch
-
-        parallel = tf.data.AUTOTUNE if options.threads is None else options.threads
-        # No ignore_errors: TFDS re-encodes and checks images when it prepares a dataset, and
-        # ignoring errors here would also hide a broken reader (e.g. deleted files).
-        dataset = dataset.map(decode, num_parallel_calls=parallel, deterministic=True)
-        dataset = dataset.filter(fits)  # after numbering: a skipped image leaves a gap
-        dataset = dataset.map(crop_image, num_parallel_calls=parallel, deterministic=True)
-        dataset = dataset.batch(options.batch_size, drop_remainder=True)
-        dataset = dataset.prefetch(tf.data.AUTOTUNE)
-        dataset = dataset.with_options(_options(tf, options.threads))
-        info = SourceInfo(source=self.spec, patch_size=patch, num_images=count,
+        skipped = SkippedRecords(self.spec, order)
+        records = _records(tf, tfds, builder.info.features, self.key, order,
+                           options.start_position // options.crops_per_image, crop_key,
+                           options.crops_per_image)
+        dataset = _crops(tf, records, options, skipped)
+        info = SourceInfo(source=self.spec, patch_size=options.patch_size, num_images=count,
                           num_too_small=None, num_unreadable=None, images=(), cached=False,
                           dense_positions=False, process_index=options.process_index,
                           process_count=options.process_count)
-        return TfDataset(dataset, info)
+        return TfDataset(dataset, info, skipped, order)
 
     def load_images(self, *, max_pixels: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
         """Names are the ``file_name`` feature's stems when there is one, else zero-padded
@@ -216,17 +183,208 @@ class TfdsSource(Source):
         return images
 
 
+# Decoded pixels around the crop windows: JPEG's fancy upsampling blends each pixel's
+# chroma with the neighbouring chroma sample, which for 2x subsampled chroma lies up to 2
+# pixels away; decoded without it, a window's edge pixels would differ from a full decode.
+_JPEG_MARGIN = 2
+
+
+def _records(tf: Any, tfds: Any, features: Any, key: str, order: tfds_order.RecordOrder,
+             start_record: int, crop_key: int, per_image: int) -> Any:
+    """(record position int64, encoded image bytes, window words uint64 (per_image, 3)) from
+    ``start_record`` on, forever, in the order `tfds_order` describes; the words are
+    `crops.window_words` of the record's crop positions ``record position * per_image + k``."""
+    decoders = {key: tfds.decode.SkipDecoding()}
+    files = tf.constant([chunk.file for chunk in order.chunks])
+    skips = tf.constant([chunk.skip for chunk in order.chunks], tf.int64)
+    counts = tf.constant([chunk.count for chunk in order.chunks], tf.int64)
+
+    def read(chunk_files, chunk_skips, chunk_counts):
+        # Reading the same TFRecord files that TFDS reads, chunk by chunk, lets the chunk
+        # order be ours; TFRecordDataset skips records without reading their bytes.
+        return tf.data.Dataset.from_tensor_slices((chunk_files, chunk_skips, chunk_counts)).flat_map(
+            lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
+
+    def permutation_and_words(epoch: np.ndarray, block_index: np.ndarray, size: np.ndarray
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        first = int(epoch) * order.count + int(block_index) * order.block_size
+        positions = (first + np.arange(int(size)))[:, None] * per_image + np.arange(per_image)
+        return (order.block_permutation(epoch, block_index, size),
+                crops.window_words(crop_key, positions))
+
+    def number(epoch, records, first_block: int):
+        def permute(block_index, block):
+            # A stateless permutation per (seed, process, epoch, block) rather than
+            # Dataset.shuffle, whose seed also depends on TensorFlow's global seed. The
+            # crops' random words come with it: one Python call per block, not per record.
+            size = tf.shape(block, out_type=tf.int64)[0]
+            permutation, words = tf.numpy_function(permutation_and_words,
+                                                   [epoch, block_index, size],
+                                                   (tf.int64, tf.uint64), stateful=False)
+            return tf.gather(block, permutation), tf.ensure_shape(words, [None, per_image, 3])
+
+        encoded = records.map(lambda serialized: features.deserialize_example(
+            serialized, decoders=decoders)[key])
+        blocks = encoded.batch(order.block_size).enumerate(first_block)
+        shuffled = blocks.map(permute).unbatch().enumerate(first_block * order.block_size)
+        return shuffled.map(lambda i, element: (epoch * order.count + i, *element))
+
+    def later_epoch(epoch):
+        slots = tf.numpy_function(order.chunk_order, [epoch], tf.int64, stateful=False)
+        return number(epoch, read(tf.gather(files, slots), tf.gather(skips, slots),
+                                  tf.gather(counts, slots)), 0)
+
+    resume = order.resume(start_record)
+    head = read(tf.constant([chunk.file for chunk in resume.chunks]),
+                tf.constant([chunk.skip for chunk in resume.chunks], tf.int64),
+                tf.constant([chunk.count for chunk in resume.chunks], tf.int64))
+    head = number(tf.constant(resume.epoch, tf.int64), head, resume.first_block).skip(resume.drop)
+    return head.concatenate(tf.data.Dataset.counter(resume.epoch + 1).flat_map(later_epoch))
+
+
+def _crops(tf: Any, records: Any, options: StreamOptions, skipped: SkippedRecords) -> Any:
+    """Batches ``{'hr', 'position'}`` from numbered records: ``crops_per_image`` crops per
+    decoded record, records that cannot be decoded or are too small skipped and noted.
+
+    Everything per record is TensorFlow ops: a Python call per record (tf.numpy_function)
+    costs about as much CPU as decoding the record's crop window.
+    """
+    patch, per_image = options.patch_size, options.crops_per_image
+    empty = tf.zeros([per_image, patch, patch, 3], tf.uint8)
+
+    def cropped(size, words, decode):
+        """(crops, fits): the crops from the pixels ``decode(window)`` gives, where
+        ``window`` covers every crop of the record (`_decode_window`)."""
+        def make():
+            # crops.crop_window, reduced in the graph: each word modulo its range.
+            spans = tf.cast(size - patch + 1, tf.uint64)
+            tops = tf.cast(words[:, 0] % spans[0], tf.int32)
+            lefts = tf.cast(words[:, 1] % spans[1], tf.int32)
+            transforms = tf.cast(words[:, 2] % crops.NUM_TRANSFORMS, tf.int32)
+            window = _decode_window(tf, tops, lefts, size, patch)
+            pixels, origin = decode(window)
+            return tf.stack([_cut(tf, pixels, tops[k] - origin[0], lefts[k] - origin[1],
+                                  transforms[k], patch) for k in range(per_image)])
+
+        fits = tf.reduce_min(size) >= patch
+        return tf.cond(fits, make, lambda: empty), fits
+
+    def decode(record_position, record, words):
+        def jpeg():
+            # The header gives the size, so the windows are known before decoding, and
+            # only the rows and columns they cover (plus the margin) are decoded.
+            size = tf.image.extract_jpeg_shape(record)[:2]
+            return cropped(size, words, lambda window: (
+                tf.image.decode_and_crop_jpeg(record, window, channels=3), window[:2]))
+
+        def other():  # PNG, BMP, GIF: decoded whole
+            pixels = tf.io.decode_image(record, channels=3, dtype=tf.uint8, expand_animations=False)
+            return cropped(tf.shape(pixels)[:2], words,
+                           lambda window: (pixels, tf.zeros([2], tf.int32)))
+
+        hr, fits = tf.cond(tf.io.is_jpeg(record), jpeg, other)
+        return record_position, tf.ensure_shape(hr, [per_image, patch, patch, 3]), fits
+
+    def guarded(record_position, record, words):
+        # A record that cannot be decoded must not stop the run. Errors are dropped inside
+        # a dataset of one record, so that those of reading the files still raise.
+        return tf.data.Dataset.from_tensors((record_position, record, words)).map(decode).ignore_errors()
+
+    def note(expected, element):
+        # Record positions are consecutive before decoding: a gap is a dropped record.
+        record_position, hr, fits = element
+        noted = tf.cond(tf.logical_or(record_position > expected, tf.logical_not(fits)),
+                        lambda: tf.numpy_function(skipped.note, [expected, record_position, fits],
+                                                  tf.int64, stateful=True),
+                        lambda: tf.constant(0, tf.int64))
+        with tf.control_dependencies([noted]):
+            return record_position + 1, (tf.identity(record_position), hr, fits)
+
+    def per_crop(record_position, hr, fits):
+        return record_position * per_image + tf.range(per_image, dtype=tf.int64), hr
+
+    parallel = tf.data.AUTOTUNE if options.threads is None else options.threads
+    dataset = records.interleave(guarded, cycle_length=options.threads or 4, block_length=1,
+                                 num_parallel_calls=parallel, deterministic=True)
+    first_record = options.start_position // per_image
+    dataset = dataset.scan(tf.constant(first_record, tf.int64), note)
+    dataset = dataset.filter(lambda record_position, hr, fits: fits)  # a skipped image leaves a gap
+    dataset = dataset.map(per_crop).unbatch()
+    if options.start_position % per_image:  # resuming inside a record's crops
+        start = options.start_position
+        dataset = dataset.filter(lambda position, hr: position >= start)
+    dataset = dataset.map(lambda position, hr: {"hr": hr, "position": position})
+    dataset = dataset.batch(options.batch_size, drop_remainder=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(_options(tf, options.threads))
+
+
+def _cut(tf: Any, pixels: Any, top: Any, left: Any, transform: Any, patch: int) -> Any:
+    """`crops.cut` in TensorFlow ops: the window at (top, left) of ``pixels``, rotated by
+    ``transform % 4`` quarter turns counter-clockwise, then flipped left-right when
+    ``transform >= 4``."""
+    window = tf.image.rot90(tf.slice(pixels, [top, left, 0], [patch, patch, 3]), transform % 4)
+    return tf.cond(transform >= 4, lambda: tf.reverse(window, [1]), lambda: window)
+
+
+def _decode_window(tf: Any, tops: Any, lefts: Any, size: Any, patch: int) -> Any:
+    """[top, left, rows, columns] (int32) covering the ``patch``-pixel windows at ``tops``,
+    ``lefts`` and `_JPEG_MARGIN` pixels around them, inside an image of ``size``."""
+    top = tf.maximum(0, tf.reduce_min(tops) - _JPEG_MARGIN)
+    left = tf.maximum(0, tf.reduce_min(lefts) - _JPEG_MARGIN)
+    bottom = tf.minimum(size[0], tf.reduce_max(tops) + patch + _JPEG_MARGIN)
+    right = tf.minimum(size[1], tf.reduce_max(lefts) + patch + _JPEG_MARGIN)
+    return tf.stack([top, left, bottom - top, right - left])
+
+
+class SkippedRecords:
+    """The records a TFDS stream has skipped so far, by stored index (thread-safe).
+
+    A record that cannot be decoded is named in one warning, the first time only.
+
+    Attributes:
+      unreadable: stored indices of records that could not be decoded.
+      too_small: stored indices of images with a side under the crop.
+    """
+
+    def __init__(self, spec: str, order: tfds_order.RecordOrder):
+        self._spec, self._order = spec, order
+        self.unreadable: set[int] = set()
+        self.too_small: set[int] = set()
+        self._lock = threading.Lock()
+
+    def note(self, expected: np.ndarray, record_position: np.ndarray, fits: np.ndarray) -> np.int64:
+        """Called by the stream for the record at ``record_position`` when it does not fit,
+        or when the records from ``expected`` up to it were dropped (not decodable)."""
+        dropped = [self._order.stored_index(p) for p in range(int(expected), int(record_position))]
+        small = None if bool(fits) else self._order.stored_index(int(record_position))
+        with self._lock:
+            new = [index for index in dropped if index not in self.unreadable]
+            self.unreadable.update(dropped)
+            if small is not None:
+                self.too_small.add(small)
+        for index in new:
+            logger.warning("%s record %d (in stored order of this process's split): cannot be "
+                           "decoded; skipped", self._spec, index)
+        return np.int64(len(dropped))
+
+
 class TfDataset:
     """A batched `tf.data.Dataset` with the `base.TrainDataset` interface.
 
     Attributes:
       dataset: the tf.data pipeline, for TensorFlow-side use.
       source_info: what was found in the source.
+      skipped: the records skipped so far, by every iterator of this dataset.
+      order: the record order (which stored record each record position reads).
     """
 
-    def __init__(self, dataset: Any, source_info: SourceInfo):
+    def __init__(self, dataset: Any, source_info: SourceInfo, skipped: SkippedRecords | None,
+                 order: tfds_order.RecordOrder | None = None):
         self.dataset = dataset
         self.source_info = source_info
+        self.skipped = skipped
+        self.order = order
 
     def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
         return self.dataset.as_numpy_iterator()

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Crops per second of the TFDS training stream on ImageNet-sized JPEGs, before and after.
+
+    python benchmarks/tfds_jpeg.py                            # BSD200 from ../shared/data/train
+    python benchmarks/tfds_jpeg.py --data DIR --batches 12 --rounds 3 --threads 1,2 --patches 96,192
+
+It writes a TFDS dataset (a small `GeneratorBasedBuilder`, real TFRecord files) into a
+temporary folder: every photo under ``--data`` resized to a 500-pixel long side and
+re-encoded as a JPEG of quality 90 (ImageNet's typical size and quality, 4:2:0 chroma).
+Then it measures, in one process, crops/s of
+
+* ``before``: the stream as it was before the JPEG path (every record decoded whole by
+  ``tf.io.decode_image``, then cropped; records in stored order cut into shuffled blocks),
+  rebuilt here from the old code and kept only in this benchmark;
+* ``after_k1``, ``after_k4``: `drn_jax.data.create_train_dataset` with
+  ``crops_per_image`` 1 and 4 (only the crop windows of a JPEG decoded),
+
+for each thread count and HR patch, in interleaved rounds (before, K 1, K 4, then the next
+setting, ``--rounds`` times) so that load from elsewhere falls on all alike; each cell is the
+median of its rounds. It prints one JSON object with the rates, the after/before ratios, and
+the host cores one accelerator chip needs at ``--chip_rate`` crops/s (4,000: the x4 step at
+batch 64, HR 192 on an H100, docs/performance.md) from the one-thread rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from drn_jax import data, image_io  # noqa: E402  (after the path is set)
+from drn_jax.data import crops, tfds_source  # noqa: E402
+from drn_jax.data.base import derive_key  # noqa: E402
+
+TRAIN_PHOTOS = REPO.parent / "shared" / "data" / "train" / "BSD200"
+DATASET = "drn_jpeg_bench"
+_builder_class = None
+
+
+def jpeg_bytes(path: pathlib.Path, long_side: int, quality: int) -> bytes:
+    """The photo resized (bicubic) to ``long_side`` pixels on its long side, as a JPEG."""
+    image = Image.fromarray(image_io.read_image(path, quiet=True))
+    scale = long_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    buffer = io.BytesIO()
+    image.resize(size, Image.BICUBIC).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def build_dataset(data_dir: str, photos: list[pathlib.Path], *, long_side: int = 500,
+                  quality: int = 90) -> str:
+    """Prepares ``drn_jpeg_bench`` (split ``train``, feature ``image``) in ``data_dir``;
+    returns its source string."""
+    import tensorflow_datasets as tfds
+
+    global _builder_class
+    if _builder_class is None:
+        class DrnJpegBench(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version("1.0.0")
+            PHOTOS: list[bytes] = []
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")}))
+
+            def _split_generators(self, dl_manager):
+                return {"train": self._generate_examples()}
+
+            def _generate_examples(self):
+                for i, encoded in enumerate(self.PHOTOS):
+                    yield i, {"image": encoded}  # bytes are stored as they are
+
+        _builder_class = DrnJpegBench
+    tfds.disable_progress_bar()
+    encoded = {path: jpeg_bytes(path, long_side, quality) for path in set(photos)}
+    _builder_class.PHOTOS = [encoded[path] for path in photos]
+    _builder_class(data_dir=data_dir).download_and_prepare()
+    return f"tfds:{DATASET}:train:image"
+
+
+def create_before(source: str | data.Source, *, patch_size: int, batch_size: int, seed: int,
+                  process_index: int, process_count: int, threads: int | None,
+                  tfds_data_dir: str | None = None, shuffle_buffer: int = 1024,
+                  **unused: Any) -> tfds_source.TfDataset:
+    """The TFDS stream before the JPEG path (from the start of the stream only)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    parsed = data.parse_source(source, tfds_data_dir=tfds_data_dir) if isinstance(source, str) else source
+    builder = tfds.builder(parsed.name, data_dir=parsed.data_dir)
+    split = tfds.split_for_jax_process(parsed.split, process_index=process_index,
+                                       process_count=process_count)
+    count = builder.info.splits[split].num_examples
+    records = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={parsed.key: tfds.decode.SkipDecoding()})
+    records = records.map(lambda example: example[parsed.key])
+    buffer = max(1, min(shuffle_buffer, count))
+    blocks_per_epoch = -(-count // buffer)
+    order_key = derive_key(seed, process_index, "order")
+    crop_key = derive_key(seed, process_index, "crop")
+
+    def permute(epoch, block_index, block):
+        size = tf.shape(block, out_type=tf.int64)[0]
+        order = tf.numpy_function(
+            lambda e, b, s: crops.permutation(order_key, int(e) * blocks_per_epoch + int(b), int(s)),
+            [epoch, block_index, size], tf.int64, stateful=False)
+        return tf.gather(block, order)
+
+    def epoch_records(epoch):
+        shuffled = records.batch(buffer).enumerate().map(
+            lambda block_index, block: permute(epoch, block_index, block)).unbatch()
+        return shuffled.enumerate().map(lambda i, record: (epoch * count + i, record))
+
+    def decode(position, record):
+        return position, tf.io.decode_image(record, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    def crop_image(position, pixels):
+        hr = tf.numpy_function(lambda p, x: crops.crop(x, crop_key, int(p), patch_size),
+                               [position, pixels], tf.uint8, stateful=False)
+        return {"hr": tf.ensure_shape(hr, [patch_size, patch_size, 3]), "position": position}
+
+    parallel = tf.data.AUTOTUNE if threads is None else threads
+    dataset = tf.data.Dataset.counter(0, dtype=tf.int64).flat_map(epoch_records)
+    dataset = dataset.map(decode, num_parallel_calls=parallel, deterministic=True)
+    dataset = dataset.filter(lambda position, pixels: tf.reduce_min(tf.shape(pixels)[:2]) >= patch_size)
+    dataset = dataset.map(crop_image, num_parallel_calls=parallel, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    if threads is not None:
+        options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return tfds_source.TfDataset(dataset.with_options(options), None, None)
+
+
+def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: int,
+            threads: int, batches: int) -> tuple[float, float]:
+    """(crops per wall second, crops per CPU second of this process) of a running stream.
+
+    The CPU rate counts every thread of the process (tf.data's, and this loop's), so it is
+    the rate of one fully used core, whatever else the machine runs: on a shared machine it
+    is the fairer figure. The first 3 batches (tracing, thread start) are not counted.
+    """
+    iterator = create(source, patch_size=patch, batch_size=batch, seed=0, process_index=0,
+                      process_count=1, threads=threads).as_numpy_iterator()
+    for _ in range(3):
+        next(iterator)
+    cpu, wall, crops_seen = time.process_time(), time.perf_counter(), 0
+    for _ in range(batches):
+        crops_seen += len(next(iterator)["position"])
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    del iterator
+    return crops_seen / wall, crops_seen / max(cpu, 1e-9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(TRAIN_PHOTOS), help="folder(s) of photos, comma-separated")
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per cell and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--patches", default="96,192")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--variants", default="before,after_k1,after_k4")
+    parser.add_argument("--chip_rate", type=float, default=4000.0,
+                        help="crops/s one accelerator chip consumes")
+    parser.add_argument("--long_side", type=int, default=500)
+    parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument("--copies", type=int, default=8,
+                        help="records per photo: ImageNet's epochs are long, and tf.data "
+                             "rebuilds each epoch's reading pipeline, which 200-record epochs "
+                             "would weigh far more than ImageNet's 1.28M do")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    photos = [path for folder in args.data.split(",") for path in image_io.list_images(folder)]
+    photos = photos * args.copies
+    every = {"before": create_before,
+             "after_k1": functools.partial(data.create_train_dataset, crops_per_image=1),
+             "after_k4": functools.partial(data.create_train_dataset, crops_per_image=4)}
+    variants = {name: every[name] for name in args.variants.split(",")}
+    cells = [(threads, patch, name) for threads in map(int, args.threads.split(","))
+             for patch in map(int, args.patches.split(",")) for name in variants]
+    rates: dict[tuple[int, int, str], list[tuple[float, float]]] = {cell: [] for cell in cells}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as data_dir:
+        spec = build_dataset(data_dir, photos, long_side=args.long_side, quality=args.quality)
+        source = data.parse_source(spec, tfds_data_dir=data_dir)
+        for _ in range(args.rounds):  # every cell once per round: load falls on all alike
+            for threads, patch, name in cells:
+                rates[threads, patch, name].append(
+                    measure(source, variants[name], patch, args.batch, threads, args.batches))
+            loads.append(os.getloadavg()[0])
+    result: dict[str, Any] = {
+        "dataset": f"{len(photos)} records ({args.copies} per photo) of {args.data}, {args.long_side}-pixel long side, "
+                   f"JPEG quality {args.quality}, as TFDS TFRecords",
+        "batch": args.batch, "batches": args.batches, "rounds": args.rounds,
+        "load_average": [round(load, 1) for load in loads],
+        "note": "medians of rounds interleaved in one process. crops_per_cpu_s: crops per CPU "
+                "second of the process, i.e. per fully used core; crops_per_s: per wall second, "
+                "which on a shared CPU (see load_average) shows the share it got, not the "
+                "machine. Compare ratios within this run.",
+        "crops_per_cpu_s": {}, "crops_per_s": {}, "ratio_to_before": {}, "cores_per_chip": {},
+    }
+    for threads, patch, name in cells:
+        cell = f"{name}/hr{patch}/{threads}t"
+        result["crops_per_s"][cell] = round(statistics.median(r[0] for r in rates[threads, patch, name]), 1)
+        result["crops_per_cpu_s"][cell] = round(statistics.median(r[1] for r in rates[threads, patch, name]), 1)
+    for threads, patch, name in cells:
+        if name != "before" and "before" in variants:
+            cell = f"{name}/hr{patch}/{threads}t"
+            ratio = result["crops_per_cpu_s"][cell] / result["crops_per_cpu_s"][f"before/hr{patch}/{threads}t"]
+            result["ratio_to_before"][cell] = round(ratio, 2)
+    for patch in map(int, args.patches.split(",")):
+        for name in variants:  # from every thread count's CPU rate: the best use of a core
+            per_core = max(result["crops_per_cpu_s"][f"{name}/hr{patch}/{t}t"]
+                           for t in map(int, args.threads.split(",")))
+            result["cores_per_chip"][f"{name}/hr{patch}"] = round(args.chip_rate / per_core, 2)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
