@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Short pilots of the shipped x4 recipe, side by side, and their table in docs/results.md.
 
-    python scripts/run_pilots.py --out runs/pilots                  # train, evaluate, report
+    python scripts/run_pilots.py --out runs/pilots                  # the screen: train, evaluate, report
+    python scripts/run_pilots.py --out runs/pilots --stage confirm  # the leaders, 1500 steps
     python scripts/run_pilots.py --out runs/pilots --report_only
 
 Every pilot is the first shipped x4 recipe (``configs/x4_291.py`` with the values of `BASE`) at
@@ -93,6 +94,44 @@ def _pilots(steps: int) -> tuple[Pilot, ...]:
     )
 
 
+def _confirmations(steps: int) -> tuple[Pilot, ...]:
+    """The screen's leaders, alone and combined, run longer against the baseline."""
+    lr, wide = ("learning_rate", 8e-4), (("model.features", 48), ("model.modules_per_block", 4))
+    loss = ("loss.name", "pixel_gradient")
+    return (
+        Pilot("base", "baseline", "x4_291 recipe (lr 4e-4, F 32 R 6, GS loss)"),
+        Pilot("lr8e-4", "learning rate", "lr 8e-4", (lr,)),
+        Pilot("lr8e-4-pg", "combined", "lr 8e-4, MAE + 2·gradient loss (Eq. 3)", (lr, loss)),
+        Pilot("lr8e-4-pg-f48r4", "combined", "lr 8e-4, Eq. 3 loss, F 48 R 4", (lr, loss, *wide)),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A batch of pilots: which, how long, where (a subfolder of --out), and its figure."""
+
+    pilots: Any  # steps -> tuple[Pilot, ...]
+    steps: int
+    folder: str
+    figure: str
+    title: str
+    text: str
+
+
+STAGES = {
+    "screen": Stage(_pilots, DEFAULT_STEPS, ".", "pilots_x4", "Pilots: choosing the recipe of the shipped models",
+                    "Each pilot is the first shipped x4 recipe (`configs/x4_291.py` as it was) trained for "
+                    "{steps} steps (its two step decays scale with the step count) with one setting changed, "
+                    "seed 0, on T91 + BSD200; scored on Set5 and Set14 x4 (Y, shave 4). Δ is against the "
+                    "baseline; the baseline's seed-1 run shows how far a score moves with the seed alone. "
+                    "Time is the wall time of the training run, on {machine}."),
+    "confirm": Stage(_confirmations, 1500, "confirm", "confirm_x4", "Confirmation: the leaders, longer",
+                     "The screen's leaders, alone and combined, trained for {steps} steps each (seed 0; the "
+                     "decays scale with the steps), against the baseline: which lead lasts beyond the first "
+                     "few hundred steps. On {machine}."),
+}
+
+
 def build_config(pilot: Pilot, *, steps: int, data_dir: pathlib.Path, benchmark_dir: pathlib.Path,
                  overrides: Sequence[tuple[str, Any]] = ()):
     """configs/x4_291.py at `steps`, then the pilot's overrides and seed."""
@@ -166,10 +205,14 @@ def _scores(out: pathlib.Path, name: str) -> dict[str, dict[str, float]] | None:
     return {d: {m: float(results[d][m]) for m in rc.METRICS} for d in rc.DATASETS}
 
 
-def pilot_lines(out: pathlib.Path, steps: int, report: pathlib.Path, command: str) -> list[str]:
+def pilot_lines(out: pathlib.Path, stage: Stage, report: pathlib.Path, command: str) -> list[str]:
+    """The table (and figure) of one stage, from its run folders under `out`."""
     from drn_jax import plots
 
-    pilots = _pilots(steps)
+    out = out / stage.folder
+    state = rc._read_json(out / "pilots.json") or {}
+    steps = state.get("steps", stage.steps)
+    pilots = stage.pilots(steps)
     results = {p.name: _scores(out, p.name) for p in pilots}
     summaries = {p.name: rc._read_json(out / p.name / "summary.json") for p in pilots}
     base = results.get("base")
@@ -177,12 +220,8 @@ def pilot_lines(out: pathlib.Path, steps: int, report: pathlib.Path, command: st
     if base and results.get("base-s1"):
         noise = {d: abs(base[d]["psnr"] - results["base-s1"][d]["psnr"]) for d in rc.DATASETS}
     lines = [
-        "## Pilots: choosing the recipe of the shipped models", "",
-        f"Each pilot is the first shipped x4 recipe (`configs/x4_291.py` as it was) trained for {steps} "
-        "steps (its two step decays scale with the step count) with one setting changed, seed 0, on T91 + BSD200; scored on Set5 and Set14 x4 "
-        "(Y, shave 4). Δ is against the baseline; the baseline's seed-1 run shows how far a score "
-        "moves with the seed alone. Time is the wall time of the training run on "
-        f"{(rc._read_json(out / 'pilots.json') or {}).get('machine', 'this machine')}.", "",
+        f"## {stage.title}", "",
+        stage.text.format(steps=steps, machine=state.get("machine", "this machine")), "",
         "Reproduce with:", "", f"    {command}", "",
         "| group | setting | Set5 PSNR | Δ | Set14 PSNR | Δ | Set5 SSIM | Set14 grad. PSNR | time | crops/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -211,9 +250,9 @@ def pilot_lines(out: pathlib.Path, steps: int, report: pathlib.Path, command: st
               if p.seed == 0 and (out / p.name / "metrics.jsonl").is_file()
               and plots.load_eval_curve(out / p.name / "metrics.jsonl")[0]}
     if curves:
-        figure = plots.plot_training_curves(curves, report.parent / "figures" / "pilots_x4.png",
-                                            title=f"Pilots of the x4 recipe ({steps} steps, Set5 x4)")
-        lines += ["", f"![Pilots: Set5 PSNR against steps]({os.path.relpath(figure, report.parent)})"]
+        figure = plots.plot_training_curves(curves, report.parent / "figures" / f"{stage.figure}.png",
+                                            title=f"{stage.title.split(':')[0]} ({steps} steps, Set5 x4)")
+        lines += ["", f"![{stage.title}: Set5 PSNR against steps]({os.path.relpath(figure, report.parent)})"]
     return lines + [""]
 
 
@@ -241,12 +280,26 @@ def final_lines() -> list[str]:
     return lines + [""]
 
 
-def write_report(out: pathlib.Path, report: pathlib.Path, *, steps: int, command: str) -> str:
+def _command(out: pathlib.Path, stage: str, steps: int, overrides: Sequence[str]) -> str:
+    command = f"python scripts/run_pilots.py --out {os.path.relpath(out, REPO)}"
+    command += f" --stage {stage}" * (stage != "screen")
+    command += f" --steps {steps}" * (steps != STAGES[stage].steps)
+    return command + "".join(f" --override {o}" for o in overrides)
+
+
+def write_report(out: pathlib.Path, report: pathlib.Path) -> str:
+    """Replaces (or appends) this script's block of `report`: every stage run under `out`."""
     from drn_jax.files import write_atomic
 
+    lines = []
+    for name, stage in STAGES.items():
+        state = rc._read_json(out / stage.folder / "pilots.json")
+        if state is None and name != "screen":
+            continue
+        command = (state or {}).get("command") or _command(out, name, stage.steps, ())
+        lines += pilot_lines(out, stage, report, command)
     block = "\n".join([BEGIN, "<!-- Generated by scripts/run_pilots.py from the pilot folders and the "
-                       "shipped model cards; do not edit by hand. -->", "",
-                       *pilot_lines(out, steps, report, command), *final_lines(), END])
+                       "shipped model cards; do not edit by hand. -->", "", *lines, *final_lines(), END])
     text = report.read_text() if report.is_file() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -260,7 +313,9 @@ def write_report(out: pathlib.Path, report: pathlib.Path, *, steps: int, command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/run_pilots.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "runs" / "pilots")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps of every pilot (default: %(default)s)")
+    parser.add_argument("--stage", choices=tuple(STAGES), default="screen",
+                        help="screen: one setting changed per pilot; confirm: the leaders, longer (default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="steps of every pilot (default: the stage's, 400 or 1500)")
     parser.add_argument("--only", help="comma-separated pilot names; default: all")
     parser.add_argument("--data_dir", type=pathlib.Path, default=rc.DEFAULT_DATA_DIR)
     parser.add_argument("--benchmark_dir", type=pathlib.Path, default=rc.DEFAULT_BENCHMARK_DIR)
@@ -270,9 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a config field for every pilot (repeatable), e.g. model.features=4 for a smoke run")
     args = parser.parse_args(argv)
     try:
-        if args.steps < 1:
-            raise ValueError(f"--steps={args.steps} must be at least 1")
-        pilots = _pilots(args.steps)
+        stage = STAGES[args.stage]
+        steps = stage.steps if args.steps is None else args.steps
+        if steps < 1:
+            raise ValueError(f"--steps={steps} must be at least 1")
+        pilots = stage.pilots(steps)
         if args.only:
             names = {n.strip() for n in args.only.split(",") if n.strip()}
             unknown = names - {p.name for p in pilots}
@@ -281,18 +338,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"use {', '.join(p.name for p in pilots)}")
             pilots = tuple(p for p in pilots if p.name in names)
         overrides = [rc.parse_override(o) for o in args.override]
-        args.out = args.out.expanduser().absolute()
+        root = args.out.expanduser().absolute()
+        args.out = root / stage.folder
+        args.steps = steps
         args.data_dir, args.benchmark_dir = args.data_dir.absolute(), args.benchmark_dir.absolute()
         status = 0
         if not args.report_only:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "pilots.json").write_text(json.dumps(
-                {"machine": rc.machine_description(), "steps": args.steps}, indent=2) + "\n")
+                {"machine": rc.machine_description(), "steps": steps,
+                 "command": _command(root, args.stage, steps, args.override)}, indent=2) + "\n")
             status = run_all(pilots, args, overrides)
-        command = f"python scripts/run_pilots.py --out {os.path.relpath(args.out, REPO)}"
-        command += f" --steps {args.steps}" * (args.steps != DEFAULT_STEPS)
-        command += "".join(f" --override {o}" for o in args.override)
-        write_report(args.out, args.report, steps=args.steps, command=command)
+        write_report(root, args.report)
         print(f"report: {args.report}", flush=True)
         return status
     except KeyboardInterrupt:

@@ -103,7 +103,7 @@ def test_report_block_from_run_folders_and_kept_by_the_comparisons_report(rp, tm
 
     # Rewriting replaces the block, once.
     fake_pilots(rp, tmp_path / "again", {"lr8e-4": (28.10, 25.90)})
-    rp.write_report(tmp_path / "again", report, steps=400, command="c")
+    rp.write_report(tmp_path / "again", report)
     again = report.read_text()
     assert again.count(rp.BEGIN) == 1 and "| 28.10 |" in again and "28.71" not in again
 
@@ -112,3 +112,14 @@ def test_report_block_from_run_folders_and_kept_by_the_comparisons_report(rp, tm
     text = rc.write_report(tmp_path / "no-comparisons", report)
     assert text.startswith("# Results: the paper's ablations") and text.count(rp.BEGIN) == 1
     assert "| 28.10 |" in text and text.rstrip().endswith(rp.END)
+
+
+def test_confirmation_runs_are_the_baseline_plus_their_overrides(rp, tmp_path):
+    kw = dict(steps=1500, data_dir=tmp_path / "train", benchmark_dir=tmp_path / "bench")
+    runs = rp.STAGES["confirm"].pilots(1500)
+    assert runs[0].name == "base" and runs[0].overrides == ()
+    base = flat(rp.build_config(runs[0], **kw))
+    assert (base["num_train_steps"], base["lr_decay_every"], base["eval_every_steps"]) == (1500, 625, 187)
+    for run in runs[1:]:
+        config = flat(rp.build_config(run, **kw))
+        assert {k for k in base if config[k] != base[k]} == {k for k, v in run.overrides if base[k] != v}, run.name
