@@ -274,7 +274,7 @@ def final_lines() -> list[str]:
             entry = scores.get(dataset)
             return f"{entry['psnr']:.2f} / {entry['ssim']:.4f}" if entry else "-"
 
-        lines.append(f"| `{name}` | `configs/{card.get('source', '-')}.py` | {metadata.get('parameters', 0):,} | "
+        lines.append(f"| `{name}` | `configs/{pathlib.Path(card.get('source', '-')).name}.py` | {metadata.get('parameters', 0):,} | "
                      f"{card.get('steps', '-')} | {rc._duration(card.get('wall_seconds'))} | "
                      f"{cell('Set5')} | {cell('Set14')} |")
     return lines + [""]
