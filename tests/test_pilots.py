@@ -25,17 +25,8 @@ def rp():
 
 
 def flat(config) -> dict:
-    out = {}
-
-    def walk(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[f"{prefix}{key}"] = value
-
-    walk(json.loads(json.dumps(config.to_dict())))
-    return out
+    """A config as ``{"model.features": 32, ...}``, with the comparisons script's flattening."""
+    return sys.modules["run_comparisons"]._flatten(json.loads(json.dumps(config.to_dict())))
 
 
 def test_each_pilot_changes_one_setting_of_the_shipped_recipe(rp, tmp_path):
