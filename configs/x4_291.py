@@ -30,8 +30,8 @@ of `scripts/run_pilots.py` (docs/results.md) chose them against the first shippe
 * Parameter EMA 0.999, evaluated and exported instead of the raw parameters: the raw parameters
   scored within the seed noise of it in the short screen, and the EMA averages out the noise of
   a long run's last steps.
-* Steps: 28,000, the most that fit the budget at this model's end-to-end rate alone on the CPU
-  (its model card records the wall time), with room for the machine being shared part of the time.
+* Steps: 22,000, what fits the budget at this model's end-to-end rate on the CPU while other work
+  shares the machine (its model card records the wall time).
 * Validation on Set5 every 1,500 steps is the training curve only: fixed step count, no selection.
   Checkpoints every 1,000 steps, so a killed run resumes with the same command.
 """
@@ -40,7 +40,7 @@ import pathlib
 
 from drn_jax.config import base_config
 
-DEFAULT_STEPS = 28_000
+DEFAULT_STEPS = 22_000
 
 
 def _shared_data() -> pathlib.Path:
