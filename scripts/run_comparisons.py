@@ -317,28 +317,50 @@ def evaluate_run(run_dir: pathlib.Path, benchmark_dir: pathlib.Path) -> dict[str
     return json.loads((run_dir / "results.json").read_text())
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training run of a batch: its folder name under ``--out``, its progress header, its config."""
+
+    name: str
+    header: str
+    config: Any
+
+
 def run_all(runs: Sequence[Run], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> int:
-    """Trains and evaluates every run that is not done; returns the exit status."""
+    """Trains and evaluates every comparison run that is not done; returns the exit status."""
+    jobs = [Job(run.name, f"{run.name} ({run.variant.label}, seed {run.seed})",
+                build_config(run, steps=args.steps, data_dir=args.data_dir, benchmark_dir=args.benchmark_dir,
+                             overrides=overrides)) for run in runs]
+    return train_and_score(jobs, args, overrides)
+
+
+def train_and_score(jobs: Sequence[Job], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]],
+                    *, state_file: str = STATE_FILE) -> int:
+    """Trains and scores every job under ``args.out`` that is not done; returns the exit status.
+
+    Shared by this script and scripts/run_pilots.py. A job whose folder holds ``results.json`` is
+    skipped; one with ``summary.json`` is only scored; a stopped run (SIGTERM, Ctrl-C) returns 0 and
+    resumes with the same command. ``args`` gives ``out``, ``steps``, ``data_dir`` and
+    ``benchmark_dir``; `state_file` (under ``out``) records the machine and each run's wall time.
+    """
     from drn_jax import training
     from drn_jax.errors import RunError
 
     out: pathlib.Path = args.out
-    configs = {run.name: build_config(run, steps=args.steps, data_dir=args.data_dir,
-                                      benchmark_dir=args.benchmark_dir, overrides=overrides) for run in runs}
     # Everything that would stop a run half-way is checked before the first step.
     for path in (args.data_dir, args.benchmark_dir / "Set5" / "HR", args.benchmark_dir / "Set14" / "HR"):
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder; see --data_dir and --benchmark_dir")
-    for run in runs:
-        saved = _read_json(out / run.name / "config.json")
+    for job in jobs:
+        saved = _read_json(out / job.name / "config.json")
         if saved is not None:
-            differences = config_differences(saved, configs[run.name])
+            differences = config_differences(saved, job.config)
             if differences:
-                raise ValueError(f"{out / run.name} was trained with other settings ({'; '.join(differences[:3])}); "
+                raise ValueError(f"{out / job.name} was trained with other settings ({'; '.join(differences[:3])}); "
                                  "rerun with the same --steps/--override/--tiny, or use another --out")
 
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_FILE
+    state_path = out / state_file
     state = _read_json(state_path) or {}
     state.update(machine=machine_description(), steps=args.steps,
                  overrides=[f"{k}={v!r}" for k, v in overrides], data_dir=str(args.data_dir),
@@ -355,15 +377,15 @@ def run_all(runs: Sequence[Run], args: argparse.Namespace, overrides: Sequence[t
     durations: list[float] = []  # seconds per run trained in this invocation
     previous = [s.get("seconds") for s in state["runs"].values() if s.get("seconds")]
     start_all = time.perf_counter()
-    for index, run in enumerate(runs, 1):
-        run_dir = out / run.name
+    for index, job in enumerate(jobs, 1):
+        run_dir = out / job.name
         trained = (run_dir / "summary.json").is_file()
         evaluated = trained and (run_dir / "results.json").is_file()
-        pending = sum(not (out / r.name / "results.json").is_file() for r in runs[index - 1:])
+        pending = sum(not (out / j.name / "results.json").is_file() for j in jobs[index - 1:])
         per_run = (sum(durations) / len(durations)) if durations else (
             sum(previous) / len(previous) if previous else None)
         eta = _duration(per_run * pending) if per_run is not None else "after the first run"
-        header = f"[{index}/{len(runs)}] {run.name} ({run.variant.label}, seed {run.seed})"
+        header = f"[{index}/{len(jobs)}] {job.header}"
         if evaluated:
             print(f"{header}: done, skipped", flush=True)
             continue
@@ -373,24 +395,24 @@ def run_all(runs: Sequence[Run], args: argparse.Namespace, overrides: Sequence[t
         started = time.perf_counter()
         try:
             if not trained:
-                summary = training.train_and_evaluate(configs[run.name], run_dir)
+                summary = training.train_and_evaluate(job.config, run_dir)
                 if summary.get("stopped_by"):
-                    print(f"{summary['stopped_by']}: {run.name} saved at step {summary['step']}; "
+                    print(f"{summary['stopped_by']}: {job.name} saved at step {summary['step']}; "
                           "rerun the same command to resume", flush=True)
                     return 0
             scores = evaluate_run(run_dir, args.benchmark_dir)
         except RunError as err:  # a non-finite loss: the other runs can still go on
-            print(f"error: {run.name}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
-            failed.append(run.name)
+            print(f"error: {job.name}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+            failed.append(job.name)
             continue
         seconds = time.perf_counter() - started
         if not trained:
             durations.append(seconds)
-        state["runs"][run.name] = {"seconds": seconds if not trained else state["runs"].get(
-            run.name, {}).get("seconds"), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        state["runs"][job.name] = {"seconds": seconds if not trained else state["runs"].get(
+            job.name, {}).get("seconds"), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         save_state()
         line = ", ".join(f"{d} {scores[d]['psnr']:.2f} dB" for d in DATASETS if d in scores)
-        print(f"[{index}/{len(runs)}] {run.name}: {line} in {_duration(seconds)}", flush=True)
+        print(f"[{index}/{len(jobs)}] {job.name}: {line} in {_duration(seconds)}", flush=True)
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; the report leaves them out",
               file=sys.stderr, flush=True)

@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,45 +152,11 @@ def build_config(pilot: Pilot, *, steps: int, data_dir: pathlib.Path, benchmark_
 
 
 def run_all(pilots: Sequence[Pilot], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> int:
-    from drn_jax import training
-    from drn_jax.errors import RunError
-
-    for path in (args.data_dir, args.benchmark_dir / "Set5" / "HR", args.benchmark_dir / "Set14" / "HR"):
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such folder; see --data_dir and --benchmark_dir")
-    configs = {p.name: build_config(p, steps=args.steps, data_dir=args.data_dir,
-                                    benchmark_dir=args.benchmark_dir, overrides=overrides) for p in pilots}
-    for pilot in pilots:
-        saved = rc._read_json(args.out / pilot.name / "config.json")
-        if saved is not None and rc.config_differences(saved, configs[pilot.name]):
-            raise ValueError(f"{args.out / pilot.name} was trained with other settings; rerun with the same "
-                             "--steps/--override, or use another --out")
-    failed = []
-    start = time.perf_counter()
-    for index, pilot in enumerate(pilots, 1):
-        run_dir = args.out / pilot.name
-        if (run_dir / "results.json").is_file():
-            print(f"[{index}/{len(pilots)}] {pilot.name}: done, skipped", flush=True)
-            continue
-        print(f"[{index}/{len(pilots)}] {pilot.name} ({pilot.label}) | elapsed "
-              f"{rc._duration(time.perf_counter() - start)}", flush=True)
-        try:
-            if not (run_dir / "summary.json").is_file():
-                summary = training.train_and_evaluate(configs[pilot.name], run_dir)
-                if summary.get("stopped_by"):
-                    print(f"{summary['stopped_by']}: saved at step {summary['step']}; rerun to resume", flush=True)
-                    return 0
-            scores = rc.evaluate_run(run_dir, args.benchmark_dir)
-        except RunError as err:
-            print(f"error: {pilot.name}: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
-            failed.append(pilot.name)
-            continue
-        print(f"[{index}/{len(pilots)}] {pilot.name}: "
-              + ", ".join(f"{d} {scores[d]['psnr']:.2f} dB" for d in rc.DATASETS), flush=True)
-    if failed:
-        print(f"error: {len(failed)} pilot(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    """Trains and scores every pilot that is not done (the comparisons' loop); returns the exit status."""
+    jobs = [rc.Job(p.name, f"{p.name} ({p.label})", build_config(
+        p, steps=args.steps, data_dir=args.data_dir, benchmark_dir=args.benchmark_dir, overrides=overrides))
+        for p in pilots]
+    return rc.train_and_score(jobs, args, overrides, state_file="pilots.json")
 
 
 # ---------------------------------------------------------------------------
@@ -345,9 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 0
         if not args.report_only:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "pilots.json").write_text(json.dumps(
-                {"machine": rc.machine_description(), "steps": steps,
-                 "command": _command(root, args.stage, steps, args.override)}, indent=2) + "\n")
+            # The command goes into the stage's state file, which the shared loop then extends.
+            state = rc._read_json(args.out / "pilots.json") or {}
+            state.update(machine=rc.machine_description(), steps=steps,
+                         command=_command(root, args.stage, steps, args.override))
+            (args.out / "pilots.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
             status = run_all(pilots, args, overrides)
         write_report(root, args.report)
         print(f"report: {args.report}", flush=True)
