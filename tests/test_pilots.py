@@ -98,6 +98,15 @@ def test_report_block_from_run_folders_and_kept_by_the_comparisons_report(rp, tm
     again = report.read_text()
     assert again.count(rp.BEGIN) == 1 and "| 28.10 |" in again and "28.71" not in again
 
+    # Without run folders (a fresh checkout), the pilot sections are kept and the final runs are
+    # rewritten from the cards.
+    before = report.read_text()
+    stale = before.replace(f"| `x8` | `configs/x8_291.py`", "| `x8` | `configs/stale.py`")
+    assert stale != before
+    report.write_text(stale)
+    rp.write_report(tmp_path / "absent", report)
+    assert report.read_text() == before
+
     # run_comparisons.py rewrites the rest of the file and keeps the block.
     rc = sys.modules["run_comparisons"]
     text = rc.write_report(tmp_path / "no-comparisons", report)
