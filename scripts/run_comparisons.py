@@ -39,7 +39,7 @@ import pathlib
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -758,41 +758,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def exit_status(body: Callable[[], int]) -> int:
+    """Runs a script's body: Ctrl-C exits 130 (the runs resume with the same command), and a
+    mistake the user can fix (OSError, ValueError) is one line on stderr and exit status 2."""
     try:
-        if args.steps < 1:
-            raise ValueError(f"--steps={args.steps} must be at least 1")
-        runs = select_runs(args.only)
-        if args.list:
-            for run in runs:
-                changes = ", ".join(f"{k}={v!r}" for k, v in run.variant.overrides) or "(baseline)"
-                print(f"{run.name:16s} seed {run.seed}  {changes}")
-            return 0
-        overrides = [*(TINY_OVERRIDES if args.tiny else ()), *(parse_override(o) for o in args.override)]
-        args.out = args.out.expanduser().absolute()
-        args.data_dir = args.data_dir.expanduser().absolute()
-        args.benchmark_dir = args.benchmark_dir.expanduser().absolute()
-        status = 0
-        if not args.report_only:
-            status = run_all(runs, args, overrides)
-        command = "python scripts/run_comparisons.py --out " + shlex.quote(os.path.relpath(args.out, REPO))
-        if args.steps != 800:
-            command += f" --steps {args.steps}"
-        if args.data_dir != DEFAULT_DATA_DIR:
-            command += " --data_dir " + shlex.quote(str(args.data_dir))
-        if args.benchmark_dir != DEFAULT_BENCHMARK_DIR:
-            command += " --benchmark_dir " + shlex.quote(str(args.benchmark_dir))
-        command += " --tiny" * args.tiny + "".join(" --override " + shlex.quote(o) for o in args.override)
-        write_report(args.out, args.report, command=command)
-        print(f"report: {args.report}", flush=True)
-        return status
+        return body()
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except (OSError, ValueError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return exit_status(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError(f"--steps={args.steps} must be at least 1")
+    runs = select_runs(args.only)
+    if args.list:
+        for run in runs:
+            changes = ", ".join(f"{k}={v!r}" for k, v in run.variant.overrides) or "(baseline)"
+            print(f"{run.name:16s} seed {run.seed}  {changes}")
+        return 0
+    overrides = [*(TINY_OVERRIDES if args.tiny else ()), *(parse_override(o) for o in args.override)]
+    args.out = args.out.expanduser().absolute()
+    args.data_dir = args.data_dir.expanduser().absolute()
+    args.benchmark_dir = args.benchmark_dir.expanduser().absolute()
+    status = 0
+    if not args.report_only:
+        status = run_all(runs, args, overrides)
+    command = "python scripts/run_comparisons.py --out " + shlex.quote(os.path.relpath(args.out, REPO))
+    if args.steps != 800:
+        command += f" --steps {args.steps}"
+    if args.data_dir != DEFAULT_DATA_DIR:
+        command += " --data_dir " + shlex.quote(str(args.data_dir))
+    if args.benchmark_dir != DEFAULT_BENCHMARK_DIR:
+        command += " --benchmark_dir " + shlex.quote(str(args.benchmark_dir))
+    command += " --tiny" * args.tiny + "".join(" --override " + shlex.quote(o) for o in args.override)
+    write_report(args.out, args.report, command=command)
+    print(f"report: {args.report}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

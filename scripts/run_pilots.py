@@ -307,42 +307,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config field for every pilot (repeatable), e.g. model.features=4 for a smoke run")
     args = parser.parse_args(argv)
-    try:
-        stage = STAGES[args.stage]
-        steps = stage.steps if args.steps is None else args.steps
-        if steps < 1:
-            raise ValueError(f"--steps={steps} must be at least 1")
-        pilots = stage.pilots(steps)
-        if args.only:
-            names = {n.strip() for n in args.only.split(",") if n.strip()}
-            unknown = names - {p.name for p in pilots}
-            if unknown:
-                raise ValueError(f"--only: unknown pilot(s) {', '.join(sorted(unknown))}; "
-                                 f"use {', '.join(p.name for p in pilots)}")
-            pilots = tuple(p for p in pilots if p.name in names)
-        overrides = [rc.parse_override(o) for o in args.override]
-        root = args.out.expanduser().absolute()
-        args.out = root / stage.folder
-        args.steps = steps
-        args.data_dir, args.benchmark_dir = args.data_dir.absolute(), args.benchmark_dir.absolute()
-        status = 0
-        if not args.report_only:
-            args.out.mkdir(parents=True, exist_ok=True)
-            # The command goes into the stage's state file, which the shared loop then extends.
-            state = rc._read_json(args.out / "pilots.json") or {}
-            state.update(machine=rc.machine_description(), steps=steps,
-                         command=_command(root, args.stage, steps, args.override))
-            (args.out / "pilots.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-            status = run_all(pilots, args, overrides)
-        write_report(root, args.report)
-        print(f"report: {args.report}", flush=True)
-        return status
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (OSError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    return rc.exit_status(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    stage = STAGES[args.stage]
+    steps = stage.steps if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError(f"--steps={steps} must be at least 1")
+    pilots = stage.pilots(steps)
+    if args.only:
+        names = {n.strip() for n in args.only.split(",") if n.strip()}
+        unknown = names - {p.name for p in pilots}
+        if unknown:
+            raise ValueError(f"--only: unknown pilot(s) {', '.join(sorted(unknown))}; "
+                             f"use {', '.join(p.name for p in pilots)}")
+        pilots = tuple(p for p in pilots if p.name in names)
+    overrides = [rc.parse_override(o) for o in args.override]
+    root = args.out.expanduser().absolute()
+    args.out = root / stage.folder
+    args.steps = steps
+    args.data_dir, args.benchmark_dir = args.data_dir.absolute(), args.benchmark_dir.absolute()
+    status = 0
+    if not args.report_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        # The command goes into the stage's state file, which the shared loop then extends.
+        state = rc._read_json(args.out / "pilots.json") or {}
+        state.update(machine=rc.machine_description(), steps=steps,
+                     command=_command(root, args.stage, steps, args.override))
+        (args.out / "pilots.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        status = run_all(pilots, args, overrides)
+    write_report(root, args.report)
+    print(f"report: {args.report}", flush=True)
+    return status
 
 
 if __name__ == "__main__":
