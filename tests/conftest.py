@@ -1,6 +1,9 @@
-"""Test setup: 8 emulated CPU devices, TensorFlow kept off accelerators, data paths."""
+"""Test setup: 8 emulated CPU devices, TensorFlow kept off accelerators, a shared JAX
+compilation cache, data paths, and random image folders."""
 
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere: emulate an 8-device host so the
 # data-parallel code paths run for real on CPU.
@@ -10,14 +13,35 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# One persistent compilation cache for the whole test session: this process, the pytest-xdist
+# workers (started from this environment) and every train.py / eval.py subprocess they start.
+# On CPU, jax.random's threefry alone takes seconds to compile per parameter shape, and each
+# process would compile the same programs again. A cached executable is the compiled program
+# itself (its key hashes the HLO, the compile options, the device assignment and the XLA flags),
+# so results are unchanged. The first process to load this file creates the folder and
+# removes it at the end (pytest_unconfigure).
+_CACHE_ENV = "DRN_TEST_JAX_CACHE_DIR"
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="drn-jax-test-jit-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ[_CACHE_ENV])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import pathlib
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The shared data folder sits beside the repository (../shared/data); CI has it.
 DATA_DIR = pathlib.Path(os.environ.get("DRN_DATA_DIR", REPO.parent / "shared" / "data"))
 BENCHMARK_DIR = DATA_DIR / "benchmark"
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +57,37 @@ def train_dir() -> pathlib.Path:
     if not path.is_dir():
         pytest.skip(f"training images not found under {path} (set DRN_DATA_DIR)")
     return path
+
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def write_random_images(folder: pathlib.Path, shapes, *, seed: int = 0, names=None,
+                        suffix: str = ".png") -> dict[str, np.ndarray]:
+    """Uniform random uint8 images saved in ``folder`` (created): ``{name: pixels}``.
+
+    ``shapes``: one ``(H, W, C)`` per image (C 1: greyscale "L" file, 3: RGB, 4: RGBA), or
+    ``(count, (H, W, C))`` for ``count`` images of one shape. ``names`` default to ``img0``,
+    ``img1``, ...; the files are ``<name><suffix>``. One generator seeded with ``seed`` draws
+    them in order.
+    """
+    if len(shapes) == 2 and isinstance(shapes[0], int):
+        shapes = [tuple(shapes[1])] * shapes[0]
+    names = list(names) if names is not None else [f"img{index}" for index in range(len(shapes))]
+    assert len(names) == len(shapes), (names, shapes)
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = {}
+    for name, shape in zip(names, shapes):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels[..., 0] if shape[-1] == 1 else pixels, _MODES[shape[-1]]).save(
+            folder / f"{name}{suffix}")
+        images[name] = pixels
+    return images
+
+
+@pytest.fixture(scope="session")
+def random_images():
+    """:func:`write_random_images`, for tests and fixtures of any scope."""
+    return write_random_images

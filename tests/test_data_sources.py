@@ -53,7 +53,7 @@ def _by_position(batches: list[dict]) -> dict[int, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory) -> tuple[pathlib.Path, dict[int, np.ndarray]]:
+def image_folder(tmp_path_factory, random_images) -> tuple[pathlib.Path, dict[int, np.ndarray]]:
     """Usable coordinate images (one RGBA) plus a too-small, a corrupt and a truncated file."""
     folder = tmp_path_factory.mktemp("images")
     sources = {10: _coordinate_image(40, 56, 10), 20: _coordinate_image(33, 30, 20),
@@ -67,8 +67,7 @@ def image_folder(tmp_path_factory) -> tuple[pathlib.Path, dict[int, np.ndarray]]
     Image.fromarray(_coordinate_image(10, 50, 50)).save(folder / "small.png")
     (folder / "corrupt.png").write_bytes(b"this is not an image" * 10)
     good = folder / "e.png"
-    noise = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(good)
+    random_images(folder, [(48, 48, 3)], seed=1, names=["e"])
     payload = good.read_bytes()
     good.unlink()
     (folder / "truncated.png").write_bytes(payload[: len(payload) // 2])
@@ -303,14 +302,11 @@ def test_max_pixels_guard(image_folder, caplog):
     assert [name for name, _ in load_images(f"folder:{folder}", max_pixels=1500)] == ["b", "d", "small"]
 
 
-def test_greyscale_and_rgba_become_rgb(tmp_path):
-    grey = np.random.default_rng(2).integers(0, 256, (30, 20), dtype=np.uint8)
-    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
-    rgba = np.random.default_rng(3).integers(0, 256, (20, 30, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+def test_greyscale_and_rgba_become_rgb(random_images, tmp_path):
+    written = random_images(tmp_path, [(30, 20, 1), (20, 30, 4)], seed=2, names=["grey", "rgba"])
     images = dict(load_images(f"folder:{tmp_path}"))
-    np.testing.assert_array_equal(images["grey"], np.repeat(grey[..., None], 3, -1))
-    np.testing.assert_array_equal(images["rgba"], rgba[..., :3])
+    np.testing.assert_array_equal(images["grey"], np.repeat(written["grey"], 3, -1))
+    np.testing.assert_array_equal(images["rgba"], written["rgba"][..., :3])
     for batch in _take(_create(f"folder:{tmp_path}"), 2):
         assert batch["hr"].shape[-1] == 3
 

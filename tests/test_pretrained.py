@@ -32,9 +32,9 @@ def image_folder(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def tiny_run(image_folder, tmp_path_factory) -> pathlib.Path:
-    """A real 2-step training run of a tiny DRN (F 4, one module per block)."""
+    """A real 2-step training run of a tiny DRN (F 8, one module per block, as other test files train)."""
     config = config_lib.base_config()
-    config.model.features = 4
+    config.model.features = 8
     config.model.modules_per_block = 1
     config.data.train = config.data.val = f"folder:{image_folder}"
     config.data.val_limit = 2
@@ -72,8 +72,8 @@ def test_export_then_load_gives_identical_params(tiny_run, pretrained_dir):
         a, b = np.asarray(a), np.asarray(b)
         assert a.dtype == b.dtype and a.shape == b.shape, key
         assert a.tobytes() == b.tobytes(), key  # bit for bit
-    assert (model.scale, model.features, model.modules_per_block) == (4, 4, 1)
-    assert config.model.features == 4
+    assert (model.scale, model.features, model.modules_per_block) == (4, 8, 1)
+    assert config.model.features == 8
 
     meta = pretrained.load_metadata("tiny")
     assert meta["card"]["steps"] == 2 and meta["card"]["notes"] == "test"

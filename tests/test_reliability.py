@@ -9,8 +9,8 @@
   after the last good checkpoint is saved.
 * A full disk or an unwritable workdir: one line naming the folder, earlier checkpoints intact.
 
-The subprocess runs share a persistent JAX compilation cache, so only the first one pays
-for compiling.
+The subprocess runs share the test session's persistent JAX compilation cache (conftest.py)
+with this process, so a program is compiled once per session, not once per run.
 """
 
 import contextlib
@@ -83,9 +83,9 @@ def data_overrides(folder: pathlib.Path) -> dict:
 
 
 def subprocess_env(tmp_path_factory, devices: int = 8, **extra) -> dict:
-    """CPU with `devices` emulated devices and a compilation cache shared by the test session."""
-    cache = tmp_path_factory.getbasetemp() / "jax-compilation-cache"
-    cache.mkdir(exist_ok=True)
+    """CPU with `devices` emulated devices and the compilation cache shared by the test session."""
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.getbasetemp() / "jax-compilation-cache"
+    pathlib.Path(cache).mkdir(exist_ok=True)
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -178,7 +178,7 @@ def test_x8_paper_config_runs_on_8_devices(image_folder, tmp_path):
         "--config=configs/x8.py", f"--workdir={tmp_path}",
         f"--config.data.train=folder:{image_folder}", f"--config.data.val=folder:{image_folder}",
         "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=8",
-        "--config.model.features=4", "--config.model.modules_per_block=1", "--config.num_train_steps=2",
+        "--config.model.features=8", "--config.model.modules_per_block=1", "--config.num_train_steps=2",
         "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -197,7 +197,7 @@ def test_sigterm_saves_and_exits_cleanly(image_folder, tmp_path):
         [sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path}",
          f"--config.data.train=folder:{image_folder}", f"--config.data.val=folder:{image_folder}",
          "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=4",
-         "--config.model.features=4", "--config.model.modules_per_block=1",
+         "--config.model.features=8", "--config.model.modules_per_block=1",
          "--config.num_train_steps=100000", "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000",
          "--config.eval_every_steps=100000"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,12 +49,9 @@ def test_the_blocker_blocks(no_tf_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_resume_and_eval_without_tensorflow(no_tf_env, tmp_path):
+def test_train_resume_and_eval_without_tensorflow(no_tf_env, random_images, tmp_path):
     images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / f"img{index}.png")
+    random_images(images, (4, (40, 48, 3)), seed=0)
     workdir = tmp_path / "run"
     common = [str(REPO / "train.py"), f"--workdir={workdir}", *TINY,
               f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}"]
@@ -96,14 +92,12 @@ def test_accelerator_configs_are_the_paper_network_in_bfloat16():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config_file", ["configs/x4.py"])
-def test_accelerator_recipe_trains_the_paper_network_without_tensorflow(config_file, no_tf_env, tmp_path):
+def test_accelerator_recipe_trains_the_paper_network_without_tensorflow(config_file, no_tf_env, random_images,
+                                                                        tmp_path):
     """The README's one-command accelerator recipe, at a small size on the CPU: the paper's network
     (F 64, R 7) in bfloat16, on a folder, with TensorFlow unimportable."""
     images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(1)
-    for index in range(2):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"img{index}.png")
+    random_images(images, (2, (64, 64, 3)), seed=1)
     workdir = tmp_path / "run"
     result = _run([str(REPO / "train.py"), f"--config={REPO / config_file}:2", f"--workdir={workdir}",
                    f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}",
