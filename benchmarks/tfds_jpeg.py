@@ -2,7 +2,7 @@
 """Crops per second of the TFDS training stream on ImageNet-sized JPEGs, before and after.
 
     python benchmarks/tfds_jpeg.py                            # BSD200 from ../shared/data/train
-    python benchmarks/tfds_jpeg.py --data DIR --batches 12 --rounds 3 --threads 1,2 --patches 96,192
+    python benchmarks/tfds_jpeg.py --data DIR --batches 100 --rounds 3 --threads 1,2 --patches 96,192
 
 It writes a TFDS dataset (a small `GeneratorBasedBuilder`, real TFRecord files) into a
 temporary folder: every photo under ``--data`` resized to a 500-pixel long side and
@@ -14,6 +14,9 @@ Then it measures, in one process, crops/s of
   rebuilt here from the old code and kept only in this benchmark;
 * ``after_k1``, ``after_k4``: `drn_jax.data.create_train_dataset` with
   ``crops_per_image`` 1 and 4 (only the crop windows of a JPEG decoded),
+* ``floor``: the decoding alone, a bare tf.data loop over the same files (read, parse,
+  JPEG header, decode of one random crop window, batch), without the stream's order,
+  transforms, positions or error handling: what K 1 could reach with this decoder,
 
 for each thread count and HR patch, in interleaved rounds (before, K 1, K 4, then the next
 setting, ``--rounds`` times) so that load from elsewhere falls on all alike; each cell is the
@@ -25,6 +28,7 @@ batch 64, HR 192 on an H100, docs/performance.md) from the one-thread rates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import json
@@ -89,7 +93,8 @@ def build_dataset(data_dir: str, photos: list[pathlib.Path], *, long_side: int =
     tfds.disable_progress_bar()
     encoded = {path: jpeg_bytes(path, long_side, quality) for path in set(photos)}
     _builder_class.PHOTOS = [encoded[path] for path in photos]
-    _builder_class(data_dir=data_dir).download_and_prepare()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON alone
+        _builder_class(data_dir=data_dir).download_and_prepare()
     return f"tfds:{DATASET}:train:image"
 
 
@@ -140,12 +145,43 @@ def create_before(source: str | data.Source, *, patch_size: int, batch_size: int
     dataset = dataset.filter(lambda position, pixels: tf.reduce_min(tf.shape(pixels)[:2]) >= patch_size)
     dataset = dataset.map(crop_image, num_parallel_calls=parallel, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return tfds_source.TfDataset(dataset.with_options(_options(tf, threads)), None, None)
+
+
+def create_floor(source: str | data.Source, *, patch_size: int, batch_size: int,
+                 threads: int | None, tfds_data_dir: str | None = None,
+                 **unused: Any) -> tfds_source.TfDataset:
+    """The decoding floor of K 1: read, parse, one random window decoded from each JPEG."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    parsed = data.parse_source(source, tfds_data_dir=tfds_data_dir) if isinstance(source, str) else source
+    builder = tfds.builder(parsed.name, data_dir=parsed.data_dir)
+    files = [str(f.filename) for f in builder.info.splits[parsed.split].file_instructions]
+    spec = {parsed.key: tf.io.FixedLenFeature([], tf.string)}
+
+    def decode(position, serialized):
+        record = tf.io.parse_single_example(serialized, spec)[parsed.key]
+        spans = tf.image.extract_jpeg_shape(record)[:2] - patch_size + 1
+        corner = tf.random.stateless_uniform([2], [position, 0], 0, 1 << 30, tf.int32) % spans
+        window = tf.concat([corner, [patch_size, patch_size]], 0)
+        return {"hr": tf.image.decode_and_crop_jpeg(record, window, channels=3),
+                "position": position}
+
+    parallel = tf.data.AUTOTUNE if threads is None else threads
+    dataset = tf.data.TFRecordDataset(files).repeat().enumerate()
+    dataset = dataset.map(decode, num_parallel_calls=parallel, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return tfds_source.TfDataset(dataset.with_options(_options(tf, threads)), None, None)
+
+
+def _options(tf: Any, threads: int | None) -> Any:
     options = tf.data.Options()
     options.deterministic = True
     if threads is not None:
         options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
-    return tfds_source.TfDataset(dataset.with_options(options), None, None)
+    return options
 
 
 def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: int,
@@ -171,12 +207,12 @@ def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(TRAIN_PHOTOS), help="folder(s) of photos, comma-separated")
-    parser.add_argument("--batches", type=int, default=12, help="timed batches per cell and round")
+    parser.add_argument("--batches", type=int, default=100, help="timed batches per cell and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--patches", default="96,192")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--variants", default="before,after_k1,after_k4")
+    parser.add_argument("--variants", default="before,after_k1,after_k4,floor")
     parser.add_argument("--chip_rate", type=float, default=4000.0,
                         help="crops/s one accelerator chip consumes")
     parser.add_argument("--long_side", type=int, default=500)
@@ -191,7 +227,8 @@ def main() -> None:
     photos = photos * args.copies
     every = {"before": create_before,
              "after_k1": functools.partial(data.create_train_dataset, crops_per_image=1),
-             "after_k4": functools.partial(data.create_train_dataset, crops_per_image=4)}
+             "after_k4": functools.partial(data.create_train_dataset, crops_per_image=4),
+             "floor": create_floor}
     variants = {name: every[name] for name in args.variants.split(",")}
     cells = [(threads, patch, name) for threads in map(int, args.threads.split(","))
              for patch in map(int, args.patches.split(",")) for name in variants]

@@ -13,7 +13,7 @@ from PIL import Image
 from drn_jax import config as config_lib
 from drn_jax.data import create_train_dataset, crops, parse_source, tfds_order
 from drn_jax.data.base import derive_key
-from drn_jax.errors import ConfigError
+from drn_jax.errors import ConfigError, SourceError
 
 PATCH = 16
 NAME = "drn_jpeg_records"
@@ -170,6 +170,23 @@ def test_a_corrupt_record_is_skipped_counted_and_named_once(jpeg_tfds, caplog):
     lines = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
     assert len(lines) == 1 and f"record {names['corrupt']} " in lines[0] and SOURCE in lines[0]
     assert len(stream) == 60 and count == 12
+
+
+def test_a_damaged_record_file_stops_the_stream(jpeg_tfds, tmp_path):
+    """Only decoding errors are dropped: a TFRecord file cut short is a damaged dataset,
+    and reading it stops the stream with a one-line error, instead of skipping records."""
+    import shutil
+
+    data_dir, _, _ = jpeg_tfds
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    (record_file,) = sorted(copy.glob(f"{NAME}/1.0.0/*.tfrecord*"))
+    record_file.write_bytes(record_file.read_bytes()[:-100])
+    with pytest.raises(SourceError, match=r"^data source 'tfds:drn_jpeg_records:train:image': "
+                       r"a record file in .*1\.0\.0 is damaged \(truncated record at \d+.*\); "
+                       r"prepare the dataset again with `tfds build drn_jpeg_records") as caught:
+        _by_position(_create(str(copy)), 10)
+    assert "\n" not in str(caught.value) and "{{" not in str(caught.value)
 
 
 def test_order_description_is_consistent():

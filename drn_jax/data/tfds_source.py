@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -142,15 +143,19 @@ class TfdsSource(Source):
             block_key=derive_key(options.seed, options.process_index, "order"), block_size=buffer)
         crop_key = derive_key(options.seed, options.process_index, "crop")
         skipped = SkippedRecords(self.spec, order)
-        records = _records(tf, tfds, builder.info.features, self.key, order,
-                           options.start_position // options.crops_per_image, crop_key,
-                           options.crops_per_image)
-        dataset = _crops(tf, records, options, skipped)
+        blocks = _records(tf, _parse_spec(tf, self.spec, builder.info.features, self.key), order,
+                          options.start_position // options.crops_per_image, crop_key,
+                          options.crops_per_image)
+        dataset = _crops(tf, blocks, options, skipped)
         info = SourceInfo(source=self.spec, patch_size=options.patch_size, num_images=count,
                           num_too_small=None, num_unreadable=None, images=(), cached=False,
                           dense_positions=False, process_index=options.process_index,
                           process_count=options.process_count)
-        return TfDataset(dataset, info, skipped, order)
+        root = builder.data_dir_root
+        damaged = (f"data source {self.spec!r}: a record file in {builder.data_dir} is damaged "
+                   "({}); prepare the dataset again with "
+                   f"`tfds build {self.name} --data_dir={root} --overwrite`")
+        return TfDataset(dataset, info, skipped, order, damaged=damaged)
 
     def load_images(self, *, max_pixels: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
         """Names are the ``file_name`` feature's stems when there is one, else zero-padded
@@ -189,12 +194,17 @@ class TfdsSource(Source):
 _JPEG_MARGIN = 2
 
 
-def _records(tf: Any, tfds: Any, features: Any, key: str, order: tfds_order.RecordOrder,
+def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
              start_record: int, crop_key: int, per_image: int) -> Any:
-    """(record position int64, encoded image bytes, window words uint64 (per_image, 3)) from
-    ``start_record`` on, forever, in the order `tfds_order` describes; the words are
-    `crops.window_words` of the record's crop positions ``record position * per_image + k``."""
-    decoders = {key: tfds.decode.SkipDecoding()}
+    """Blocks of records from ``start_record`` on, forever, in the order `tfds_order`
+    describes: (record positions int64 (n,), encoded images (n,), window words uint64
+    (n, per_image, 3)); the words are `crops.window_words` of the record's crop positions
+    ``record position * per_image + k``.
+
+    Everything here is done once per block, not per record: parsing (batched), the
+    permutation, the positions and the crops' random words.
+    """
+    (key,) = parse_spec
     files = tf.constant([chunk.file for chunk in order.chunks])
     skips = tf.constant([chunk.skip for chunk in order.chunks], tf.int64)
     counts = tf.constant([chunk.count for chunk in order.chunks], tf.int64)
@@ -212,42 +222,57 @@ def _records(tf: Any, tfds: Any, features: Any, key: str, order: tfds_order.Reco
         return (order.block_permutation(epoch, block_index, size),
                 crops.window_words(crop_key, positions))
 
-    def number(epoch, records, first_block: int):
-        def permute(block_index, block):
+    def number(epoch, records, first_block: int, drop: int):
+        def permute(block_index, serialized):
             # A stateless permutation per (seed, process, epoch, block) rather than
             # Dataset.shuffle, whose seed also depends on TensorFlow's global seed. The
             # crops' random words come with it: one Python call per block, not per record.
-            size = tf.shape(block, out_type=tf.int64)[0]
+            encoded = tf.io.parse_example(serialized, parse_spec)[key]
+            size = tf.shape(encoded, out_type=tf.int64)[0]
             permutation, words = tf.numpy_function(permutation_and_words,
                                                    [epoch, block_index, size],
                                                    (tf.int64, tf.uint64), stateful=False)
-            return tf.gather(block, permutation), tf.ensure_shape(words, [None, per_image, 3])
+            first = epoch * order.count + block_index * order.block_size
+            begin = tf.where(block_index == first_block, tf.constant(drop, tf.int64), 0)
+            return (first + tf.range(begin, size), tf.gather(encoded, permutation)[begin:],
+                    tf.ensure_shape(words, [None, per_image, 3])[begin:])
 
-        encoded = records.map(lambda serialized: features.deserialize_example(
-            serialized, decoders=decoders)[key])
-        blocks = encoded.batch(order.block_size).enumerate(first_block)
-        shuffled = blocks.map(permute).unbatch().enumerate(first_block * order.block_size)
-        return shuffled.map(lambda i, element: (epoch * order.count + i, *element))
+        return records.batch(order.block_size).enumerate(first_block).map(permute)
 
     def later_epoch(epoch):
         slots = tf.numpy_function(order.chunk_order, [epoch], tf.int64, stateful=False)
         return number(epoch, read(tf.gather(files, slots), tf.gather(skips, slots),
-                                  tf.gather(counts, slots)), 0)
+                                  tf.gather(counts, slots)), 0, 0)
 
     resume = order.resume(start_record)
     head = read(tf.constant([chunk.file for chunk in resume.chunks]),
                 tf.constant([chunk.skip for chunk in resume.chunks], tf.int64),
                 tf.constant([chunk.count for chunk in resume.chunks], tf.int64))
-    head = number(tf.constant(resume.epoch, tf.int64), head, resume.first_block).skip(resume.drop)
+    head = number(tf.constant(resume.epoch, tf.int64), head, resume.first_block, resume.drop)
     return head.concatenate(tf.data.Dataset.counter(resume.epoch + 1).flat_map(later_epoch))
 
 
-def _crops(tf: Any, records: Any, options: StreamOptions, skipped: SkippedRecords) -> Any:
-    """Batches ``{'hr', 'position'}`` from numbered records: ``crops_per_image`` crops per
-    decoded record, records that cannot be decoded or are too small skipped and noted.
+def _parse_spec(tf: Any, spec: str, features: Any, key: str) -> dict[str, Any]:
+    """The `tf.io.parse_example` spec of the encoded image feature ``key``: parsing a
+    block at once, rather than TFDS's per-record deserialisation."""
+    info = features[key].get_serialized_info()
+    dtype = tf.as_dtype(info.np_dtype)
+    if tuple(info.shape) != () or dtype != tf.string:
+        raise SourceError(f"data source {spec!r}: feature {key!r} is not one encoded image per "
+                          f"record (stored as {dtype.name} {tuple(info.shape)}); name an "
+                          "Image feature as KEY")
+    return {key: tf.io.FixedLenFeature([], tf.string)}
+
+
+def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords) -> Any:
+    """Batches ``{'hr', 'position'}`` from blocks of numbered records: ``crops_per_image``
+    crops per decoded record, records that cannot be decoded or are too small skipped and
+    noted.
 
     Everything per record is TensorFlow ops: a Python call per record (tf.numpy_function)
-    costs about as much CPU as decoding the record's crop window.
+    costs about as much CPU as decoding the record's crop window. The decoding map runs
+    inside each block's dataset and restarts with the next block, which leaves about
+    ``threads / shuffle_buffer`` of the decoding time idle.
     """
     patch, per_image = options.patch_size, options.crops_per_image
     empty = tf.zeros([per_image, patch, patch, 3], tf.uint8)
@@ -285,10 +310,13 @@ def _crops(tf: Any, records: Any, options: StreamOptions, skipped: SkippedRecord
         hr, fits = tf.cond(tf.io.is_jpeg(record), jpeg, other)
         return record_position, tf.ensure_shape(hr, [per_image, patch, patch, 3]), fits
 
-    def guarded(record_position, record, words):
+    parallel = tf.data.AUTOTUNE if options.threads is None else options.threads
+
+    def decoded(positions, records, words):
         # A record that cannot be decoded must not stop the run. Errors are dropped inside
-        # a dataset of one record, so that those of reading the files still raise.
-        return tf.data.Dataset.from_tensors((record_position, record, words)).map(decode).ignore_errors()
+        # each block's dataset, so that those of reading the files still raise.
+        return tf.data.Dataset.from_tensor_slices((positions, records, words)).map(
+            decode, num_parallel_calls=parallel, deterministic=True).ignore_errors()
 
     def note(expected, element):
         # Record positions are consecutive before decoding: a gap is a dropped record.
@@ -303,9 +331,7 @@ def _crops(tf: Any, records: Any, options: StreamOptions, skipped: SkippedRecord
     def per_crop(record_position, hr, fits):
         return record_position * per_image + tf.range(per_image, dtype=tf.int64), hr
 
-    parallel = tf.data.AUTOTUNE if options.threads is None else options.threads
-    dataset = records.interleave(guarded, cycle_length=options.threads or 4, block_length=1,
-                                 num_parallel_calls=parallel, deterministic=True)
+    dataset = blocks.flat_map(decoded)
     first_record = options.start_position // per_image
     dataset = dataset.scan(tf.constant(first_record, tf.int64), note)
     dataset = dataset.filter(lambda record_position, hr, fits: fits)  # a skipped image leaves a gap
@@ -313,18 +339,28 @@ def _crops(tf: Any, records: Any, options: StreamOptions, skipped: SkippedRecord
     if options.start_position % per_image:  # resuming inside a record's crops
         start = options.start_position
         dataset = dataset.filter(lambda position, hr: position >= start)
-    dataset = dataset.map(lambda position, hr: {"hr": hr, "position": position})
     dataset = dataset.batch(options.batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda position, hr: {"hr": hr, "position": position})
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset.with_options(_options(tf, options.threads))
+
+
+# crops.dihedral as (axes permutation, axes reversed after it), by transform: rot90 k
+# times counter-clockwise is transpose then flip rows (k 1), flip both (k 2), transpose
+# then flip columns (k 3); transforms 4..7 flip the columns of that.
+_PERMUTATIONS = [[0, 1, 2], [1, 0, 2], [0, 1, 2], [1, 0, 2]] * 2
+_REVERSED = [[False, False, False], [True, False, False], [True, True, False],
+             [False, True, False], [False, True, False], [True, True, False],
+             [True, False, False], [False, False, False]]
 
 
 def _cut(tf: Any, pixels: Any, top: Any, left: Any, transform: Any, patch: int) -> Any:
     """`crops.cut` in TensorFlow ops: the window at (top, left) of ``pixels``, rotated by
     ``transform % 4`` quarter turns counter-clockwise, then flipped left-right when
-    ``transform >= 4``."""
-    window = tf.image.rot90(tf.slice(pixels, [top, left, 0], [patch, patch, 3]), transform % 4)
-    return tf.cond(transform >= 4, lambda: tf.reverse(window, [1]), lambda: window)
+    ``transform >= 4``. Without conditionals: a transpose and a reverse by table."""
+    window = tf.slice(pixels, [top, left, 0], [patch, patch, 3])
+    window = tf.transpose(window, tf.gather(tf.constant(_PERMUTATIONS, tf.int32), transform))
+    return tf.raw_ops.Reverse(tensor=window, dims=tf.gather(tf.constant(_REVERSED), transform))
 
 
 def _decode_window(tf: Any, tops: Any, lefts: Any, size: Any, patch: int) -> Any:
@@ -379,15 +415,27 @@ class TfDataset:
       order: the record order (which stored record each record position reads).
     """
 
-    def __init__(self, dataset: Any, source_info: SourceInfo, skipped: SkippedRecords | None,
-                 order: tfds_order.RecordOrder | None = None):
+    def __init__(self, dataset: Any, source_info: SourceInfo | None,
+                 skipped: SkippedRecords | None, order: tfds_order.RecordOrder | None = None,
+                 *, damaged: str = "a record file is damaged ({})"):
         self.dataset = dataset
         self.source_info = source_info
         self.skipped = skipped
         self.order = order
+        self._damaged = damaged
 
     def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
-        return self.dataset.as_numpy_iterator()
+        """The batches as NumPy arrays. A damaged record file (TensorFlow's
+        ``DataLossError``: reading errors are not dropped like undecodable records) raises
+        a one-line `SourceError`."""
+        import tensorflow as tf  # imported already by whoever built the dataset
+
+        try:
+            yield from self.dataset.as_numpy_iterator()
+        except tf.errors.DataLossError as err:
+            # TensorFlow's message starts with the op's function name; keep what was read.
+            detail = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", first_line(err)).strip()
+            raise SourceError(self._damaged.format(detail or "data loss")) from None
 
 
 def _options(tf: Any, threads: int | None) -> Any:
