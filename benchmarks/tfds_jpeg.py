@@ -3,6 +3,7 @@
 
     python benchmarks/tfds_jpeg.py                            # BSD200 from ../shared/data/train
     python benchmarks/tfds_jpeg.py --data DIR --batches 100 --rounds 3 --threads 1,2 --patches 96,192
+    python benchmarks/tfds_jpeg.py --data_dir DIR    # keep the dataset in DIR, to train on it
 
 It writes a TFDS dataset (a small `GeneratorBasedBuilder`, real TFRecord files) into a
 temporary folder: every photo under ``--data`` resized to a 500-pixel long side and
@@ -221,6 +222,9 @@ def main() -> None:
                         help="records per photo: ImageNet's epochs are long, and tf.data "
                              "rebuilds each epoch's reading pipeline, which 200-record epochs "
                              "would weigh far more than ImageNet's 1.28M do")
+    parser.add_argument("--data_dir", default=None,
+                        help="prepare the dataset here and keep it (e.g. to train on it with "
+                             "--config.data.tfds_data_dir); default: a temporary folder")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     photos = [path for folder in args.data.split(",") for path in image_io.list_images(folder)]
@@ -234,7 +238,8 @@ def main() -> None:
              for patch in map(int, args.patches.split(",")) for name in variants]
     rates: dict[tuple[int, int, str], list[tuple[float, float]]] = {cell: [] for cell in cells}
     loads = [os.getloadavg()[0]]
-    with tempfile.TemporaryDirectory() as data_dir:
+    kept = contextlib.nullcontext(args.data_dir) if args.data_dir else tempfile.TemporaryDirectory()
+    with kept as data_dir:
         spec = build_dataset(data_dir, photos, long_side=args.long_side, quality=args.quality)
         source = data.parse_source(spec, tfds_data_dir=data_dir)
         for _ in range(args.rounds):  # every cell once per round: load falls on all alike
