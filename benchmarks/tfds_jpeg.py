@@ -146,7 +146,7 @@ def create_before(source: str | data.Source, *, patch_size: int, batch_size: int
     dataset = dataset.filter(lambda position, pixels: tf.reduce_min(tf.shape(pixels)[:2]) >= patch_size)
     dataset = dataset.map(crop_image, num_parallel_calls=parallel, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return tfds_source.TfDataset(dataset.with_options(_options(tf, threads)), None, None)
+    return tfds_source.TfDataset(dataset.with_options(tfds_source._options(tf, threads)), None, None)
 
 
 def create_floor(source: str | data.Source, *, patch_size: int, batch_size: int,
@@ -173,16 +173,7 @@ def create_floor(source: str | data.Source, *, patch_size: int, batch_size: int,
     dataset = tf.data.TFRecordDataset(files).repeat().enumerate()
     dataset = dataset.map(decode, num_parallel_calls=parallel, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return tfds_source.TfDataset(dataset.with_options(_options(tf, threads)), None, None)
-
-
-def _options(tf: Any, threads: int | None) -> Any:
-    options = tf.data.Options()
-    options.deterministic = True
-    if threads is not None:
-        options.threading.private_threadpool_size = threads
-    options.threading.max_intra_op_parallelism = 1
-    return options
+    return tfds_source.TfDataset(dataset.with_options(tfds_source._options(tf, threads)), None, None)
 
 
 def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: int,

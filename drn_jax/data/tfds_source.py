@@ -216,10 +216,12 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
             lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
 
     def permutation_and_words(epoch: np.ndarray, block_index: np.ndarray, size: np.ndarray
-                              ) -> tuple[np.ndarray, np.ndarray]:
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(permutation, record positions, window words) of a block."""
         first = int(epoch) * order.count + int(block_index) * order.block_size
-        positions = (first + np.arange(int(size)))[:, None] * per_image + np.arange(per_image)
-        return (order.block_permutation(epoch, block_index, size),
+        record_positions = first + np.arange(int(size), dtype=np.int64)
+        positions = record_positions[:, None] * per_image + np.arange(per_image)
+        return (order.block_permutation(epoch, block_index, size), record_positions,
                 crops.window_words(crop_key, positions))
 
     def number(epoch, records, first_block: int, drop: int):
@@ -229,12 +231,13 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
             # crops' random words come with it: one Python call per block, not per record.
             encoded = tf.io.parse_example(serialized, parse_spec)[key]
             size = tf.shape(encoded, out_type=tf.int64)[0]
-            permutation, words = tf.numpy_function(permutation_and_words,
-                                                   [epoch, block_index, size],
-                                                   (tf.int64, tf.uint64), stateful=False)
-            first = epoch * order.count + block_index * order.block_size
+            permutation, positions, words = tf.numpy_function(
+                permutation_and_words, [epoch, block_index, size],
+                (tf.int64, tf.int64, tf.uint64), stateful=False)
+            # Resuming inside the first block drops the records before the start.
             begin = tf.where(block_index == first_block, tf.constant(drop, tf.int64), 0)
-            return (first + tf.range(begin, size), tf.gather(encoded, permutation)[begin:],
+            return (tf.ensure_shape(positions, [None])[begin:],
+                    tf.gather(encoded, permutation)[begin:],
                     tf.ensure_shape(words, [None, per_image, 3])[begin:])
 
         return records.batch(order.block_size).enumerate(first_block).map(permute)
