@@ -36,6 +36,7 @@ from drn_jax import checkpointing, data, evaluation, losses, models, reporting
 from drn_jax import config as config_lib
 from drn_jax.errors import ConfigError, NonFiniteLossError
 from drn_jax.model_factory import create_model
+from drn_jax.ops.dihedral import dihedral
 from drn_jax.reporting import format_duration
 from drn_jax.resize import imresize
 from drn_jax.rundir import RunDir
@@ -156,9 +157,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def global_batch(local_hr: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Assembles the global (B, H, W, 3) batch from this process's (B / processes, ...) part."""
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(DATA_AXIS)), local_hr)
+def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Assembles the global (B, ...) batch array from this process's (B / processes, ...) part."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(DATA_AXIS)), local)
 
 
 def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, depth: int = 2
@@ -167,11 +168,15 @@ def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, depth
     ``depth`` batches already handed to the devices.
 
     The transfer (`global_batch`, asynchronous) of the next batches then runs while the
-    current step computes, and the step never waits for a copy. The seconds are the time
-    spent blocked on ``batches`` (the host's input stream) when topping the queue up: time
-    the loop waited for data rather than for the devices.
+    current step computes, and the step never waits for a copy. A batch's ``transform``
+    (the streams' dihedral transforms, drawn on the host) is applied there, on the devices
+    (`ops.dihedral`); a batch without one is used as it is. The seconds are the time spent
+    blocked on ``batches`` (the host's input stream) when topping the queue up: time the
+    loop waited for data rather than for the devices.
     """
     queue: collections.deque = collections.deque()
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    augment = jax.jit(dihedral, out_shardings=sharding)
 
     def top_up() -> bool:
         start = time.perf_counter()
@@ -179,7 +184,11 @@ def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, depth
             local = next(batches)
         except StopIteration:
             return False
-        queue.append((local, global_batch(local["hr"], mesh), time.perf_counter() - start))
+        waited = time.perf_counter() - start
+        hr = global_batch(local["hr"], mesh)
+        if "transform" in local:
+            hr = augment(hr, global_batch(local["transform"], mesh))
+        queue.append((local, hr, waited))
         return True
 
     for _ in range(depth):

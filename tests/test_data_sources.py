@@ -49,7 +49,16 @@ def _create(source, **kwargs):
 
 
 def _by_position(batches: list[dict]) -> dict[int, np.ndarray]:
-    return {int(p): crop for b in batches for p, crop in zip(b["position"], b["hr"])}
+    """Training crops by position: each window under its transform."""
+    return {int(p): crops.dihedral(crop, int(t))
+            for b in batches for p, crop, t in zip(b["position"], b["hr"], b["transform"])}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    """Two batches hold the same windows, transforms and positions."""
+    assert a.keys() == b.keys() == {"hr", "transform", "position"}
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +85,19 @@ def image_folder(tmp_path_factory, random_images) -> tuple[pathlib.Path, dict[in
 
 
 def _assert_windows(batches: list[dict], sources: dict[int, np.ndarray]) -> set[int]:
-    """Every crop is a window of a source image up to one dihedral transform; returns those."""
+    """Every crop is a window of a source image, untransformed, and its training crop
+    (under the batch's transform) is that window under exactly that one of the 8
+    transforms; returns the transforms seen."""
     seen = set()
-    for crop in (c for b in batches for c in b["hr"]):
-        matches = []
-        for t, candidate in enumerate(_transforms(crop)):
-            top, left, ident = (int(v) for v in candidate[0, 0])
-            source = sources.get(ident)
-            if source is not None and np.array_equal(
-                    source[top:top + PATCH, left:left + PATCH], candidate):
-                matches.append(t)
-        assert len(matches) == 1, "crop is not a window of a source image"
-        seen.add(matches[0])
+    for b in batches:
+        assert b["transform"].dtype == np.int32 and b["transform"].shape == b["position"].shape
+        for crop, transform in zip(b["hr"], b["transform"].tolist()):
+            top, left, ident = (int(v) for v in crop[0, 0])
+            np.testing.assert_array_equal(crop, sources[ident][top:top + PATCH, left:left + PATCH])
+            matches = [t for t, candidate in enumerate(_transforms(crop))
+                       if np.array_equal(candidate, crops.dihedral(crop, transform))]
+            assert matches == [transform]
+            seen.add(transform)
     return seen
 
 
@@ -105,7 +115,10 @@ def test_crop_window_is_a_hash_of_key_and_position():
     assert crops.crop_window(key, position, height, width, PATCH) == expected
     top, left, transform = expected
     image = _coordinate_image(height, width, 7)
-    np.testing.assert_array_equal(crops.crop(image, key, position, PATCH),
+    window, drawn = crops.crop(image, key, position, PATCH)
+    assert drawn == transform
+    np.testing.assert_array_equal(window, image[top:top + PATCH, left:left + PATCH])
+    np.testing.assert_array_equal(crops.dihedral(window, drawn),
                                   _transforms(image[top:top + PATCH, left:left + PATCH])[transform])
     # A whole-image window leaves only the transform to chance.
     assert crops.crop_window(key, position, PATCH, PATCH, PATCH)[:2] == (0, 0)
@@ -118,11 +131,32 @@ def test_crop_into_a_batch_for_every_transform():
         top, left, transform = crops.crop_window(5, position, 33, 47, PATCH)
         found.add(transform)
         out = np.zeros((2, PATCH, PATCH, 3), np.uint8)
-        assert crops.crop(image, 5, position, PATCH, out=out[1]) is not None
+        target = out[1]
+        window, drawn = crops.crop(image, 5, position, PATCH, out=target)
+        assert window is target and drawn == transform
+        np.testing.assert_array_equal(out[1], image[top:top + PATCH, left:left + PATCH])
         np.testing.assert_array_equal(
-            out[1], _transforms(image[top:top + PATCH, left:left + PATCH])[transform])
+            crops.dihedral(out[1], drawn), _transforms(image[top:top + PATCH, left:left + PATCH])[transform])
         assert not out[0].any()
     assert found == set(range(8))
+
+
+def test_device_dihedral_is_the_host_transform():
+    """`ops.dihedral` (what training applies) against np.rot90 written here, per image."""
+    import jax
+    import jax.numpy as jnp
+
+    from drn_jax.ops.dihedral import dihedral
+
+    images = np.random.default_rng(3).integers(0, 256, (16, 5, 5, 3), dtype=np.uint8)
+    transforms = np.array([7, 0, 3, 5, 1, 6, 2, 4] * 2, np.int32)
+    out = np.asarray(jax.jit(dihedral)(jnp.asarray(images), jnp.asarray(transforms)))
+    assert out.dtype == np.uint8
+    for image, t, got in zip(images, transforms, out):
+        np.testing.assert_array_equal(got, _transforms(image)[t])
+        np.testing.assert_array_equal(got, crops.dihedral(image, int(t)))
+    with pytest.raises(ValueError, match="square"):
+        dihedral(jnp.zeros((2, 4, 5, 3)), jnp.zeros(2, jnp.int32))
 
 
 def test_permutation_is_keyed():
@@ -157,10 +191,12 @@ def test_stream_uses_the_crop_and_the_epoch_order(image_folder):
     assert derive_key(seed, 0, "crop") != derive_key(seed, 1, "crop")
     count = info.num_images
     for batch in _take(dataset, 4):
-        for position, crop in zip(batch["position"].tolist(), batch["hr"]):
+        for position, crop, t in zip(batch["position"].tolist(), batch["hr"], batch["transform"]):
             epoch, offset = divmod(position, count)
             name = info.images[crops.permutation(order_key, epoch, count)[offset]]
-            np.testing.assert_array_equal(crop, crops.crop(images[name], crop_key, position, PATCH))
+            window, transform = crops.crop(images[name], crop_key, position, PATCH)
+            np.testing.assert_array_equal(crop, window)
+            assert t == transform
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -318,7 +354,7 @@ def test_deterministic_and_resumable(image_folder, cache_bytes):
     full = _take(_create(source, seed=5, cache_bytes=cache_bytes), 10)
     again = _take(_create(source, seed=5, cache_bytes=cache_bytes), 10)
     for a, b in zip(full, again):
-        np.testing.assert_array_equal(a["hr"], b["hr"])
+        _assert_same(a, b)
         np.testing.assert_array_equal(a["position"], b["position"])
     other = _take(_create(source, seed=6, cache_bytes=cache_bytes), 10)
     assert not all(np.array_equal(a["hr"], b["hr"]) for a, b in zip(full, other))
@@ -333,7 +369,7 @@ def test_deterministic_and_resumable(image_folder, cache_bytes):
                         10 - k - 1)
         for a, b in zip(full[k + 1:], resumed, strict=True):
             np.testing.assert_array_equal(a["position"], b["position"])
-            np.testing.assert_array_equal(a["hr"], b["hr"])
+            _assert_same(a, b)
 
 
 @pytest.mark.parametrize("cache_bytes", [data.DEFAULT_CACHE_BYTES, 0], ids=["cached", "streamed"])
@@ -360,7 +396,7 @@ def test_threads_do_not_change_the_stream(image_folder, cache_bytes):
         many = _take(_create(f"folder:{folder}", cache_bytes=cache_bytes, threads=threads), 9)
         for a, b in zip(one, many, strict=True):
             np.testing.assert_array_equal(a["position"], b["position"])
-            np.testing.assert_array_equal(a["hr"], b["hr"])
+            _assert_same(a, b)
 
 
 def test_streaming_warns_once(image_folder, caplog):
@@ -485,7 +521,7 @@ def test_a_registered_source_needs_no_library_change(monkeypatch):
     streamed = _take(create_train_dataset(parsed, patch_size=PATCH, batch_size=6, seed=1,
                                           process_index=0, process_count=1, cache_bytes=0), 4)
     for a, b in zip(batches, streamed, strict=True):  # same crops, decoded per crop
-        np.testing.assert_array_equal(a["hr"], b["hr"])
+        _assert_same(a, b)
     assert [name for name, _ in load_images("constant:20x30,2")] == ["c1", "c2"]
 
 
@@ -561,7 +597,7 @@ def test_folders_and_samples_work_without_tensorflow(image_folder):
     assert result["images"] == ["a", "b", "d", "small", "c"]  # sorted paths: sub/c.png last
     for cache_bytes in (data.DEFAULT_CACHE_BYTES, 0):
         assert result[f"shapes_{cache_bytes}"] == [[4, PATCH, PATCH, 3]] * 3
-        assert result[f"dtypes_{cache_bytes}"] == ["int64", "uint8"]
+        assert result[f"dtypes_{cache_bytes}"] == ["int32", "int64", "uint8"]
     assert result["samples"] == len(data.SAMPLE_VAL)
     assert "needs TensorFlow" in result["tfds_error"] and "\n" not in result["tfds_error"]
     assert result["tensorflow_blocked"] and not result["tensorflow_imported"]
@@ -674,9 +710,11 @@ def test_tfds_stream(tfds_dir, shuffle_buffer):
         resumed = _take(create(start_position=start), 7 - k)
         for a, b in zip(full[k + 1:], resumed, strict=True):
             np.testing.assert_array_equal(a["position"], b["position"])
-            np.testing.assert_array_equal(a["hr"], b["hr"])
+            _assert_same(a, b)
     # The same crop function as every source: the window and transform of each position.
     crop_key = derive_key(3, 0, "crop")
-    for crop, position, ident in zip((c for b in full for c in b["hr"]), positions, idents):
-        image = sources[ident]
-        np.testing.assert_array_equal(crop, crops.crop(image, crop_key, int(position), PATCH))
+    transforms = np.concatenate([b["transform"] for b in full])
+    for crop, t, position, ident in zip((c for b in full for c in b["hr"]), transforms, positions, idents):
+        window, transform = crops.crop(sources[ident], crop_key, int(position), PATCH)
+        np.testing.assert_array_equal(crop, window)
+        assert t == transform

@@ -53,7 +53,8 @@ def finish_job(runs: list[Run], timeout: float = 400) -> None:
 
 
 def reference_params(folder):
-    """STEPS steps on 8 devices in this process, each global batch = process 0's + process 1's."""
+    """STEPS steps on 8 devices in this process, each global batch = process 0's + process 1's
+    training crops."""
     config = default_config(**RUN, **data_overrides(folder))
     model = model_factory.create_model(config)
     optimizer = train_state.create_optimizer(config)
@@ -68,7 +69,9 @@ def reference_params(folder):
         shuffle_buffer=config.data.shuffle_buffer, process_index=index, process_count=2).as_numpy_iterator()
         for index in range(2)]
     for _ in range(STEPS):
-        local = [next(stream)["hr"] for stream in streams]
+        # Each window under its transform (training applies them on the devices).
+        local = [[data.crops.dihedral(window, int(t)) for window, t in zip(batch["hr"], batch["transform"])]
+                 for batch in (next(stream) for stream in streams)]
         state, _ = step(state, training.global_batch(np.concatenate(local), mesh))
     return jax.device_get(state.params)
 

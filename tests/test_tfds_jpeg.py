@@ -84,8 +84,10 @@ def _create(data_dir, **kwargs):
 
 
 def _by_position(dataset, batches: int) -> dict[int, np.ndarray]:
+    """Training crops by position: each window under the transform that came with it."""
     taken = itertools.islice(dataset.as_numpy_iterator(), batches)
-    return {int(p): crop for b in taken for p, crop in zip(b["position"], b["hr"])}
+    return {int(p): crops.dihedral(crop, int(t))
+            for b in taken for p, crop, t in zip(b["position"], b["hr"], b["transform"])}
 
 
 def _full_decode(record: bytes) -> np.ndarray:
@@ -96,7 +98,8 @@ def _full_decode(record: bytes) -> np.ndarray:
 
 @pytest.mark.parametrize("per_image", [1, 3])
 def test_crops_equal_a_full_decode_then_the_window(jpeg_tfds, per_image):
-    """Bit-exact: each crop is `crops.crop` of the whole decoded image at its position (same
+    """Bit-exact: each window is `crops.crop` of the whole decoded image at its position, and
+    so is its transform (same
     libjpeg settings; the decoded window has a margin for chroma upsampling), from the
     record that `tfds_order` places there."""
     data_dir, records, names = jpeg_tfds
@@ -109,7 +112,8 @@ def test_crops_equal_a_full_decode_then_the_window(jpeg_tfds, per_image):
     for position, crop in stream.items():
         index = dataset.order.stored_index(position // per_image)
         seen.add(index)
-        np.testing.assert_array_equal(crop, crops.crop(decoded[index], crop_key, position, PATCH))
+        np.testing.assert_array_equal(crop, crops.dihedral(*crops.crop(decoded[index], crop_key,
+                                                                       position, PATCH)))
     usable = set(records) - {names["corrupt"], names["small"]}
     assert seen == usable  # every JPEG, the progressive one and the PNG
     # Positions count crops: K consecutive positions per record, a record's K crops differ.
@@ -212,12 +216,20 @@ def test_prefetch_to_mesh_keeps_batches_and_order():
     devices = len(mesh.devices.flat)
     local = [{"hr": np.full((devices, 4, 4, 3), i, np.uint8), "position": np.arange(devices) + i}
              for i in range(5)]
+    # Batches with transforms leave as the training crops: each window under its own.
+    windows = np.random.default_rng(0).integers(0, 256, (2, devices, 4, 4, 3), dtype=np.uint8)
+    local += [{"hr": w, "transform": (np.arange(devices, dtype=np.int32) + 3 * i) % 8,
+               "position": np.arange(devices) + 5 + i} for i, w in enumerate(windows)]
     out = list(training.prefetch_to_mesh(iter(local), mesh, depth=2))
-    assert len(out) == 5
+    assert len(out) == 7
     for i, (batch, hr, waited) in enumerate(out):
         assert batch is local[i] and waited >= 0.0
         assert isinstance(hr, jax.Array) and len(hr.sharding.device_set) == devices
-        np.testing.assert_array_equal(np.asarray(hr), local[i]["hr"])
+        expected = local[i]["hr"]
+        if "transform" in batch:
+            expected = [crops.dihedral(w, int(t)) for w, t in zip(expected, batch["transform"])]
+            assert not np.array_equal(np.asarray(hr), local[i]["hr"])
+        np.testing.assert_array_equal(np.asarray(hr), expected)
 
 
 def test_crops_per_image_is_validated():

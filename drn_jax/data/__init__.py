@@ -15,10 +15,13 @@ Entry points:
 
 * `parse_source` validates a string up front (one-line `SourceError`s).
 * `create_train_dataset` gives an infinite, deterministic, resumable stream: its
-  ``as_numpy_iterator()`` yields ``{'hr': uint8 (B, P, P, 3), 'position': int64 (B,)}``,
-  and its ``source_info`` (a `SourceInfo`) says what was found and skipped. Every crop
-  is `crops.crop`: a window and one of 8 dihedral transforms drawn from (seed, process,
-  position), for every source. Folders and samples run on NumPy and threads (`stream`).
+  ``as_numpy_iterator()`` yields ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,),
+  'position': int64 (B,)}``, and its ``source_info`` (a `SourceInfo`) says what was found
+  and skipped. Every crop is `crops.crop`: a window and one of 8 dihedral transforms drawn
+  from (seed, process, position), for every source. The window comes untransformed, with
+  its transform: training applies it on the devices (`drn_jax.ops.dihedral`), and
+  `crops.dihedral` shows it on the host. Folders and samples run on NumPy and threads
+  (`stream`).
 * `load_images` returns whole images, (name, uint8 (H, W, 3)), for validation.
 
 Adding a data source -- one class and one registry line. A list of images subclasses

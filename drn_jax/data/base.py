@@ -115,7 +115,10 @@ class TrainDataset(Protocol):
 
     ``as_numpy_iterator()`` starts the stream at ``start_position`` (every call starts
     afresh) and yields, forever, ``{'hr': uint8 (batch_size, patch_size, patch_size, 3),
-    'position': int64 (batch_size,)}``.
+    'transform': int32 (batch_size,), 'position': int64 (batch_size,)}``: ``hr`` holds the
+    windows untransformed and ``transform`` their dihedral transforms, in [0, 8), which
+    training applies on the devices (`drn_jax.ops.dihedral`). A stream without
+    ``transform`` is trained on as it is.
     """
     source_info: SourceInfo
 

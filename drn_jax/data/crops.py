@@ -12,11 +12,15 @@ free resuming) and on any thread.
   words, each reduced modulo its range (the bias is below 1e-12 for sides under
   millions). Hashing costs less than constructing a generator per crop.
 * `dihedral` -- transform ``t`` is ``np.rot90(window, t % 4)`` (counter-clockwise),
-  then a left-right flip when ``t >= 4``. (The TFDS stream applies the same two steps
-  with TensorFlow ops, `tfds_source`, and draws the words of `window_words` in bulk: a
-  Python call per record costs more than decoding it; tests check it against `crop`.)
-* `crop` -- both, written into a caller's array (the batch being assembled); `cut` is
-  its second half, for a window already chosen.
+  then a left-right flip when ``t >= 4``. The streams do not apply it: they ship each
+  window with its transform, and training applies it on the device
+  (`drn_jax.ops.dihedral`, the same transform on a batch), where flipping costs nothing
+  and a host copy per crop does. This function is the same transform on the host,
+  for looking at crops as training sees them.
+* `crop` -- the window, copied into a caller's array (the batch being assembled), and
+  its transform. (The TFDS stream cuts the same windows with TensorFlow ops,
+  `tfds_source`, and draws the words of `window_words` in bulk: a Python call per record
+  costs more than decoding it; tests check it against `crop`.)
 * `permutation` -- a permutation of ``n`` keyed by (key, counter): the image order of
   one epoch (folders) or one shuffle block (TFDS). It sorts ``n`` raw 64-bit words of
   NumPy's Philox generator keyed by (key, counter) -- fixed by the Philox4x64-10
@@ -75,57 +79,28 @@ def dihedral(pixels: np.ndarray, transform: int) -> np.ndarray:
     return pixels[:, ::-1] if transform >= 4 else pixels
 
 
-# Transforms whose view keeps each row's pixels in order (identity; rotation by 180
-# degrees then a left-right flip, i.e. an upside-down flip): NumPy copies those row by
-# row. The others reverse or transpose the (pixel, channel) layout, and NumPy copies
-# them 3 bytes at a time unless each channel is copied separately (3-4x faster).
-_ROW_ORDER_KEPT = (0, 6)
-
-
 def crop(image: np.ndarray, key: int, position: int, patch: int,
-         out: np.ndarray | None = None) -> np.ndarray:
-    """The crop at ``position``: a window of ``image`` (`crop_window`), transformed.
+         out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """The crop at ``position``: a window of ``image`` (`crop_window`) and its transform.
 
     Args:
-      image: uint8 (H, W, C) with H, W >= ``patch``.
+      image: (H, W, C) with H, W >= ``patch``.
       key, position: as for `crop_window`.
       patch: side of the crop.
-      out: where to write it, (patch, patch, C) of ``image``'s dtype; None: a new array.
+      out: where to write the window, (patch, patch, C) of ``image``'s dtype; None: a new
+        array.
 
     Returns:
-      ``out`` (or the new array), uint8 (patch, patch, C).
+      (``out`` or the new array, holding the window untransformed; the transform in
+      [0, 8)). ``dihedral(*crop(...))`` is the training crop.
     """
     height, width = image.shape[:2]
     top, left, transform = crop_window(key, position, height, width, patch)
-    return cut(image, top, left, transform, patch, out)
-
-
-def cut(image: np.ndarray, top: int, left: int, transform: int, patch: int,
-        out: np.ndarray | None = None) -> np.ndarray:
-    """``dihedral(image[top:top + patch, left:left + patch], transform)``, copied.
-
-    The second half of `crop`, for a caller that chose the window itself (the TFDS
-    stream decodes only the part of a JPEG that its windows cover, and cuts them from
-    that part with shifted corners).
-
-    Args:
-      image: (H, W, C) with the window inside it.
-      top, left, transform: the window's corner and its transform, as `crop_window`.
-      patch: side of the window.
-      out: where to write it, (patch, patch, C) of ``image``'s dtype; None: a new array.
-
-    Returns:
-      ``out`` (or the new array), (patch, patch, C).
-    """
-    view = dihedral(image[top:top + patch, left:left + patch], transform)
+    window = image[top:top + patch, left:left + patch]
     if out is None:
-        out = np.empty((patch, patch) + image.shape[2:], image.dtype)
-    if transform in _ROW_ORDER_KEPT or image.ndim != 3:
-        out[...] = view
-    else:
-        for channel in range(image.shape[2]):
-            out[..., channel] = view[..., channel]
-    return out
+        return window.copy(), transform
+    out[...] = window
+    return out, transform
 
 
 def permutation(key: int, counter: int, n: int) -> np.ndarray:

@@ -129,8 +129,10 @@ def create_train_dataset(source: str | Source,
 
     Returns:
       An object with ``source_info`` (a `SourceInfo`) and ``as_numpy_iterator()``, which
-      yields ``{'hr': uint8 (batch_size, patch_size, patch_size, 3), 'position': int64
-      (batch_size,)}`` forever, starting afresh at ``start_position`` on every call.
+      yields ``{'hr': uint8 (batch_size, patch_size, patch_size, 3), 'transform': int32
+      (batch_size,), 'position': int64 (batch_size,)}`` forever (windows untransformed,
+      and their dihedral transforms: `base.TrainDataset`), starting afresh at
+      ``start_position`` on every call.
 
     Raises:
       SourceError: the source is invalid, or none of its images is usable.

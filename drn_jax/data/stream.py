@@ -20,7 +20,9 @@ The stream, per process (``items()[process_index::process_count]``):
   transform `crops.crop_window` draws for (crop key, ``p``). The stream is a pure
   function of (source, seed, process split); nothing depends on earlier positions.
 
-`Batches.as_numpy_iterator` yields ``{'hr': uint8 (B, P, P, 3), 'position': int64 (B,)}``.
+`Batches.as_numpy_iterator` yields ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,),
+'position': int64 (B,)}``: the windows untransformed, with their transforms (training
+applies them on the device, `drn_jax.ops.dihedral`).
 Batches of ``B`` consecutive positions are made by ``threads`` worker threads (Pillow
 and NumPy copies release the GIL) and consumed in order, a few ahead of the consumer,
 by one background thread.
@@ -54,9 +56,9 @@ logger = logging.getLogger(__name__)
 # Batches assembled ahead of the consumer, on top of the 2 per thread being made.
 PREFETCH_BATCHES = 4
 
-# A chunk: the crops made from B consecutive positions, (uint8 (k, P, P, 3), int64 (k,))
-# with k = B unless some positions were skipped.
-Chunk = tuple[np.ndarray, np.ndarray]
+# A chunk: the crops made from B consecutive positions, a batch's dict with k <= B
+# entries (fewer when some positions were skipped).
+Chunk = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -229,23 +231,25 @@ def _cached_chunk(images: Sequence[np.ndarray], order: _EpochOrder, crop_key: in
                   size: int, start: int) -> Chunk:
     positions = np.arange(start, start + size, dtype=np.int64)
     hr = np.empty((size, patch, patch, 3), np.uint8)  # the batch itself: crops go in place
+    transforms = np.empty(size, np.int32)
     for i, (position, index) in enumerate(zip(positions.tolist(), order.indices(positions).tolist())):
-        crops.crop(images[index], crop_key, position, patch, out=hr[i])
-    return hr, positions
+        transforms[i] = crops.crop(images[index], crop_key, position, patch, out=hr[i])[1]
+    return {"hr": hr, "transform": transforms, "position": positions}
 
 
 def _decoded_chunk(reader: _ReadOnce, order: _EpochOrder, crop_key: int, patch: int,
                    size: int, start: int) -> Chunk:
     positions = np.arange(start, start + size, dtype=np.int64)
     hr = np.empty((size, patch, patch, 3), np.uint8)
+    transforms = np.empty(size, np.int32)
     kept = 0
     for position, index in zip(positions.tolist(), order.indices(positions).tolist()):
         pixels = reader(index)
         if pixels is not None:
-            crops.crop(pixels, crop_key, position, patch, out=hr[kept])
+            transforms[kept] = crops.crop(pixels, crop_key, position, patch, out=hr[kept])[1]
             positions[kept] = position
             kept += 1
-    return hr[:kept], positions[:kept]
+    return {"hr": hr[:kept], "transform": transforms[:kept], "position": positions[:kept]}
 
 
 class _ReadOnce:
@@ -291,8 +295,9 @@ class Batches:
         self._start, self._batch_size, self._workers = start_position, batch_size, workers
 
     def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
-        """A new iterator from ``start_position``: ``{'hr': uint8 (B, P, P, 3), 'position':
-        int64 (B,)}`` forever. Its background threads stop when it is closed or dropped."""
+        """A new iterator from ``start_position``: ``{'hr': uint8 (B, P, P, 3), 'transform':
+        int32 (B,), 'position': int64 (B,)}`` forever. Its background threads stop when it
+        is closed or dropped."""
         return _Prefetcher(functools.partial(_batches, self._produce, self._start,
                                              self._batch_size, self._workers),
                            PREFETCH_BATCHES)
@@ -300,23 +305,22 @@ class Batches:
 
 def _batches(produce: Callable[[int], Chunk], start: int, batch_size: int,
              workers: int) -> Iterator[dict[str, np.ndarray]]:
-    hr_parts: list[np.ndarray] = []
-    position_parts: list[np.ndarray] = []
+    parts: list[Chunk] = []
     pending = 0
     # closing: a consumer that stops early also stops the worker pool, at once.
     with contextlib.closing(_chunks(produce, itertools.count(start, batch_size), workers)) as chunks:
-        for hr, positions in chunks:
-            if not pending and len(positions) == batch_size:  # always so when cached
-                yield {"hr": hr, "position": positions}
+        for chunk in chunks:
+            size = len(chunk["position"])
+            if not pending and size == batch_size:  # always so when cached
+                yield chunk
                 continue
             # Skipped positions: carry crops over to fill the next batch.
-            hr_parts.append(hr)
-            position_parts.append(positions)
-            pending += len(positions)
+            parts.append(chunk)
+            pending += size
             if pending >= batch_size:
-                all_hr, all_positions = np.concatenate(hr_parts), np.concatenate(position_parts)
-                yield {"hr": all_hr[:batch_size], "position": all_positions[:batch_size]}
-                hr_parts, position_parts = [all_hr[batch_size:]], [all_positions[batch_size:]]
+                joined = {key: np.concatenate([part[key] for part in parts]) for key in chunk}
+                yield {key: value[:batch_size] for key, value in joined.items()}
+                parts = [{key: value[batch_size:] for key, value in joined.items()}]
                 pending -= batch_size
 
 

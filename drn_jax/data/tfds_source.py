@@ -17,7 +17,9 @@ crops are bit-identical to `crops.crop` of the fully decoded image. Other format
 decoded whole (``tf.io.decode_image``, 3 channels, uint8). Images smaller than the crop,
 and records that cannot be decoded (counted and named once, in `SkippedRecords`), are
 skipped after their positions were assigned, so positions have gaps (``dense_positions``
-False). Batches are ``{'hr': uint8 (B, P, P, 3), 'position': int64 (B,)}``.
+False). Batches are ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,), 'position': int64
+(B,)}``: the windows untransformed, with the transform that training applies on the device
+(`drn_jax.ops.dihedral`; TensorFlow's transpose and reverse would copy every crop twice).
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ def _parse_spec(tf: Any, spec: str, features: Any, key: str) -> dict[str, Any]:
 
 
 def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords) -> Any:
-    """Batches ``{'hr', 'position'}`` from blocks of numbered records: ``crops_per_image``
+    """Batches ``{'hr', 'transform', 'position'}`` from blocks of numbered records: ``crops_per_image``
     crops per decoded record, records that cannot be decoded or are too small skipped and
     noted.
 
@@ -278,11 +280,11 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
     ``threads / shuffle_buffer`` of the decoding time idle.
     """
     patch, per_image = options.patch_size, options.crops_per_image
-    empty = tf.zeros([per_image, patch, patch, 3], tf.uint8)
+    empty = (tf.zeros([per_image, patch, patch, 3], tf.uint8), tf.zeros([per_image], tf.int32))
 
     def cropped(size, words, decode):
-        """(crops, fits): the crops from the pixels ``decode(window)`` gives, where
-        ``window`` covers every crop of the record (`_decode_window`)."""
+        """((crops, transforms), fits): the crops from the pixels ``decode(window)``
+        gives, where ``window`` covers every crop of the record (`_decode_window`)."""
         def make():
             # crops.crop_window, reduced in the graph: each word modulo its range.
             spans = tf.cast(size - patch + 1, tf.uint64)
@@ -291,8 +293,9 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
             transforms = tf.cast(words[:, 2] % crops.NUM_TRANSFORMS, tf.int32)
             window = _decode_window(tf, tops, lefts, size, patch)
             pixels, origin = decode(window)
-            return tf.stack([_cut(tf, pixels, tops[k] - origin[0], lefts[k] - origin[1],
-                                  transforms[k], patch) for k in range(per_image)])
+            windows = tf.stack([tf.slice(pixels, [tops[k] - origin[0], lefts[k] - origin[1], 0],
+                                         [patch, patch, 3]) for k in range(per_image)])
+            return windows, transforms
 
         fits = tf.reduce_min(size) >= patch
         return tf.cond(fits, make, lambda: empty), fits
@@ -310,8 +313,9 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
             return cropped(tf.shape(pixels)[:2], words,
                            lambda window: (pixels, tf.zeros([2], tf.int32)))
 
-        hr, fits = tf.cond(tf.io.is_jpeg(record), jpeg, other)
-        return record_position, tf.ensure_shape(hr, [per_image, patch, patch, 3]), fits
+        (hr, transforms), fits = tf.cond(tf.io.is_jpeg(record), jpeg, other)
+        return (record_position, tf.ensure_shape(hr, [per_image, patch, patch, 3]),
+                tf.ensure_shape(transforms, [per_image]), fits)
 
     parallel = tf.data.AUTOTUNE if options.threads is None else options.threads
 
@@ -323,47 +327,30 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
 
     def note(expected, element):
         # Record positions are consecutive before decoding: a gap is a dropped record.
-        record_position, hr, fits = element
+        record_position, hr, transforms, fits = element
         noted = tf.cond(tf.logical_or(record_position > expected, tf.logical_not(fits)),
                         lambda: tf.numpy_function(skipped.note, [expected, record_position, fits],
                                                   tf.int64, stateful=True),
                         lambda: tf.constant(0, tf.int64))
         with tf.control_dependencies([noted]):
-            return record_position + 1, (tf.identity(record_position), hr, fits)
+            return record_position + 1, (tf.identity(record_position), hr, transforms, fits)
 
-    def per_crop(record_position, hr, fits):
-        return record_position * per_image + tf.range(per_image, dtype=tf.int64), hr
+    def per_crop(record_position, hr, transforms, fits):
+        return record_position * per_image + tf.range(per_image, dtype=tf.int64), hr, transforms
 
     dataset = blocks.flat_map(decoded)
     first_record = options.start_position // per_image
     dataset = dataset.scan(tf.constant(first_record, tf.int64), note)
-    dataset = dataset.filter(lambda record_position, hr, fits: fits)  # a skipped image leaves a gap
+    dataset = dataset.filter(lambda record_position, hr, transforms, fits: fits)  # a skipped image leaves a gap
     dataset = dataset.map(per_crop).unbatch()
     if options.start_position % per_image:  # resuming inside a record's crops
         start = options.start_position
-        dataset = dataset.filter(lambda position, hr: position >= start)
+        dataset = dataset.filter(lambda position, hr, transforms: position >= start)
     dataset = dataset.batch(options.batch_size, drop_remainder=True)
-    dataset = dataset.map(lambda position, hr: {"hr": hr, "position": position})
+    dataset = dataset.map(lambda position, hr, transforms: {"hr": hr, "transform": transforms,
+                                                            "position": position})
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset.with_options(_options(tf, options.threads))
-
-
-# crops.dihedral as (axes permutation, axes reversed after it), by transform: rot90 k
-# times counter-clockwise is transpose then flip rows (k 1), flip both (k 2), transpose
-# then flip columns (k 3); transforms 4..7 flip the columns of that.
-_PERMUTATIONS = [[0, 1, 2], [1, 0, 2], [0, 1, 2], [1, 0, 2]] * 2
-_REVERSED = [[False, False, False], [True, False, False], [True, True, False],
-             [False, True, False], [False, True, False], [True, True, False],
-             [True, False, False], [False, False, False]]
-
-
-def _cut(tf: Any, pixels: Any, top: Any, left: Any, transform: Any, patch: int) -> Any:
-    """`crops.cut` in TensorFlow ops: the window at (top, left) of ``pixels``, rotated by
-    ``transform % 4`` quarter turns counter-clockwise, then flipped left-right when
-    ``transform >= 4``. Without conditionals: a transpose and a reverse by table."""
-    window = tf.slice(pixels, [top, left, 0], [patch, patch, 3])
-    window = tf.transpose(window, tf.gather(tf.constant(_PERMUTATIONS, tf.int32), transform))
-    return tf.raw_ops.Reverse(tensor=window, dims=tf.gather(tf.constant(_REVERSED), transform))
 
 
 def _decode_window(tf: Any, tops: Any, lefts: Any, size: Any, patch: int) -> Any:

@@ -7,6 +7,8 @@
 * :func:`zero_outside`, :func:`replicate_edges`, :func:`scaled_sizes`, :func:`valid_mask`:
   valid-region masks that make a zero-padded batch compute what its unpadded images would
   (:mod:`drn_jax.ops.mask`);
+* :func:`dihedral`: each image of a batch under its own flip/rotation (training's augmentation,
+  applied on the device);
 * :mod:`drn_jax.ops.winograd`: the Winograd F(4×4, 3×3) and shifted-sum convolutions for CPU.
 """
 
@@ -17,7 +19,8 @@ from drn_jax.ops.conv import (
     conv3x3_path,
     pixel_shuffle,
 )
+from drn_jax.ops.dihedral import dihedral
 from drn_jax.ops.mask import replicate_edges, scaled_sizes, valid_mask, zero_outside
 
-__all__ = ["CONV_ALGORITHMS", "check_conv_algorithm", "conv3x3", "conv3x3_path", "pixel_shuffle",
+__all__ = ["CONV_ALGORITHMS", "check_conv_algorithm", "conv3x3", "conv3x3_path", "dihedral", "pixel_shuffle",
            "replicate_edges", "scaled_sizes", "valid_mask", "zero_outside"]
