@@ -141,6 +141,18 @@ def test_crop_into_a_batch_for_every_transform():
     assert found == set(range(8))
 
 
+def test_windows_from_words_is_crop_window_in_bulk():
+    key, rng = 0xFEED, np.random.default_rng(4)
+    positions = rng.integers(0, 10**9, (50, 3))
+    sizes = rng.integers(PATCH, 700, (50, 1, 2))
+    tops, lefts, transforms = crops.windows_from_words(crops.window_words(key, positions), sizes, PATCH)
+    assert tops.shape == (50, 3) and tops.dtype == np.int64
+    for index in np.ndindex(positions.shape):
+        height, width = sizes[index[0], 0]
+        assert (tops[index], lefts[index], transforms[index]) == crops.crop_window(
+            key, int(positions[index]), int(height), int(width), PATCH)
+
+
 def test_device_dihedral_is_the_host_transform():
     """`ops.dihedral` (what training applies) against np.rot90 written here, per image."""
     import jax

@@ -32,7 +32,12 @@ def _jpeg(height: int, width: int, seed: int, **options) -> bytes:
 
 
 def _records() -> list[tuple[str, bytes]]:
-    records = [(f"jpeg{i}", _jpeg(36 + 3 * i, 52 - 2 * i, i, quality=90)) for i in range(8)]
+    records = [(f"jpeg{i}", _jpeg(36 + 3 * i, 52 - 2 * i, i, quality=90)) for i in range(7)]
+    # An application segment of 6,000 bytes before the frame header (as large EXIF or ICC
+    # data puts it): the header is not in the bytes the stream plans a block from.
+    plain = _jpeg(57, 38, 7, quality=90)
+    records.append(("big_header", plain[:2] + b"\xff\xef" + (6002).to_bytes(2, "big") + bytes(6000)
+                    + plain[2:]))
     records.append(("progressive", _jpeg(40, 44, 20, quality=80, progressive=True)))
     records.append(("small", _jpeg(10, 40, 21)))  # under the crop
     png = io.BytesIO()
@@ -96,6 +101,27 @@ def _full_decode(record: bytes) -> np.ndarray:
     return tf.io.decode_image(record, channels=3, dtype=tf.uint8, expand_animations=False).numpy()
 
 
+def test_jpeg_size_reads_the_frame_header_as_libjpeg_does(jpeg_tfds):
+    import tensorflow as tf
+
+    from drn_jax.data.tfds_source import jpeg_size
+
+    _, records, names = jpeg_tfds
+    for name, index in names.items():
+        record = records[index]
+        if name == "png":
+            assert jpeg_size(record) is None
+            continue
+        if name == "corrupt":  # its header is whole (libjpeg refuses it for the missing data)
+            assert jpeg_size(record) == (40, 40)
+            continue
+        assert jpeg_size(record) == tuple(tf.image.extract_jpeg_shape(record)[:2].numpy()), name
+    big = records[names["big_header"]]
+    assert jpeg_size(big[:4096]) is None and jpeg_size(big) == (57, 38)
+    assert jpeg_size(records[names["jpeg0"]][:4096]) == (36, 52)
+    assert jpeg_size(b"\xff\xd8\xff") is None and jpeg_size(b"GIF89a") is None
+
+
 @pytest.mark.parametrize("per_image", [1, 3])
 def test_crops_equal_a_full_decode_then_the_window(jpeg_tfds, per_image):
     """Bit-exact: each window is `crops.crop` of the whole decoded image at its position, and
@@ -115,7 +141,7 @@ def test_crops_equal_a_full_decode_then_the_window(jpeg_tfds, per_image):
         np.testing.assert_array_equal(crop, crops.dihedral(*crops.crop(decoded[index], crop_key,
                                                                        position, PATCH)))
     usable = set(records) - {names["corrupt"], names["small"]}
-    assert seen == usable  # every JPEG, the progressive one and the PNG
+    assert seen == usable  # every JPEG, the progressive one, the one with a big header, the PNG
     # Positions count crops: K consecutive positions per record, a record's K crops differ.
     positions = sorted(stream)
     for position in positions:

@@ -59,12 +59,33 @@ def window_words(key: int, positions: np.ndarray) -> np.ndarray:
     """The three random words of `crop_window` for each position, uint64 (..., 3).
 
     ``crop_window`` is ``(w0 % (height - patch + 1), w1 % (width - patch + 1), w2 % 8)``
-    of them; the TFDS stream draws the words for a block of positions at once and reduces
-    them in the tf.data graph, once the image's size is known.
+    of them (`windows_from_words`); the TFDS stream draws the words for a block of
+    positions at once, and reduces them once the images' sizes are known.
     """
     positions = np.asarray(positions, np.int64)
     flat = [_words(key, int(p)) for p in positions.reshape(-1)]
     return np.array(flat, np.uint64).reshape(positions.shape + (3,))
+
+
+def windows_from_words(words: np.ndarray, sizes: np.ndarray, patch: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`crop_window` of many crops at once, from their `window_words`.
+
+    Args:
+      words: uint64 (..., 3), `window_words` of the crops' positions.
+      sizes: integer (..., 2), (height, width) of each crop's image, both >= ``patch``
+        (broadcast against ``words[..., 0]``).
+      patch: side of the square window.
+
+    Returns:
+      (tops, lefts, transforms), int64 (...,): ``crop_window`` of every crop.
+    """
+    words = np.asarray(words, np.uint64)
+    spans = np.asarray(sizes, np.int64) - patch + 1
+    tops = words[..., 0] % spans[..., 0].astype(np.uint64)
+    lefts = words[..., 1] % spans[..., 1].astype(np.uint64)
+    transforms = words[..., 2] % np.uint64(NUM_TRANSFORMS)
+    return tops.astype(np.int64), lefts.astype(np.int64), transforms.astype(np.int64)
 
 
 def _words(key: int, position: int) -> tuple[int, int, int]:

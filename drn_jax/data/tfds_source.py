@@ -147,7 +147,7 @@ class TfdsSource(Source):
         skipped = SkippedRecords(self.spec, order)
         blocks = _records(tf, _parse_spec(tf, self.spec, builder.info.features, self.key), order,
                           options.start_position // options.crops_per_image, crop_key,
-                          options.crops_per_image)
+                          options.patch_size, options.crops_per_image, skipped)
         dataset = _crops(tf, blocks, options, skipped)
         info = SourceInfo(source=self.spec, patch_size=options.patch_size, num_images=count,
                           num_too_small=None, num_unreadable=None, images=(), cached=False,
@@ -157,7 +157,9 @@ class TfdsSource(Source):
         damaged = (f"data source {self.spec!r}: a record file in {builder.data_dir} is damaged "
                    "({}); prepare the dataset again with "
                    f"`tfds build {self.name} --data_dir={root} --overwrite`")
-        return TfDataset(dataset, info, skipped, order, damaged=damaged)
+        return TfDataset(dataset, info, skipped, order, damaged=damaged,
+                         start_position=options.start_position,
+                         crops_per_image=options.crops_per_image)
 
     def load_images(self, *, max_pixels: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
         """Names are the ``file_name`` feature's stems when there is one, else zero-padded
@@ -194,17 +196,81 @@ class TfdsSource(Source):
 # chroma with the neighbouring chroma sample, which for 2x subsampled chroma lies up to 2
 # pixels away; decoded without it, a window's edge pixels would differ from a full decode.
 _JPEG_MARGIN = 2
+# Bytes of each record that the block's planning reads for a JPEG's frame header: enough
+# for JFIF headers and most EXIF and ICC segments, and cheap to copy (a JPEG whose header
+# lies further in is planned on its own, `_HEADER`, with the same crops).
+_HEADER_BYTES = 4096
+# How a record is decoded: its windows planned with its block (_WINDOW); a JPEG planned
+# from its own header (_HEADER); decoded whole, then planned (_WHOLE: PNG, BMP, GIF); or
+# left out, too small by its header (_SMALL).
+_WINDOW, _HEADER, _WHOLE, _SMALL = 0, 1, 2, 3
+# Frame-header (SOFn) markers: C0-CF but DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from the frame header of JPEG bytes (the first ``n`` bytes of a
+    file are enough when they hold it), as libjpeg reads it; None when ``data`` is not a
+    JPEG or its frame header is not in ``data``."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in (0xD9, 0xDA):  # end of image, or scan data, before any frame header
+            return None
+        elif marker in _SOF_MARKERS:
+            if i + 9 > n:
+                return None
+            height, width = (data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8]
+            return (height, width) if height and width else None
+        else:
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def _plan(sizes: np.ndarray, words: np.ndarray, patch: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The crops of records whose images have ``sizes`` (n, 2), each >= ``patch``, from
+    their `crops.window_words` (n, K, 3): (rectangles int32 (n, 4), corners int32 (n, K, 2),
+    transforms int32 (n, K)).
+
+    A rectangle [top, left, rows, columns] covers the record's K windows
+    (`crops.windows_from_words`) and `_JPEG_MARGIN` pixels around them; corners are the
+    windows' top-left pixels inside it.
+    """
+    sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+    tops, lefts, transforms = crops.windows_from_words(words, sizes[:, None, :], patch)
+    top = np.maximum(0, tops.min(1) - _JPEG_MARGIN)
+    left = np.maximum(0, lefts.min(1) - _JPEG_MARGIN)
+    bottom = np.minimum(sizes[:, 0], tops.max(1) + patch + _JPEG_MARGIN)
+    right = np.minimum(sizes[:, 1], lefts.max(1) + patch + _JPEG_MARGIN)
+    rectangles = np.stack([top, left, bottom - top, right - left], 1).astype(np.int32)
+    corners = np.stack([tops - top[:, None], lefts - left[:, None]], -1).astype(np.int32)
+    return rectangles, corners, transforms.astype(np.int32)
 
 
 def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
-             start_record: int, crop_key: int, per_image: int) -> Any:
+             start_record: int, crop_key: int, patch: int, per_image: int,
+             skipped: SkippedRecords) -> Any:
     """Blocks of records from ``start_record`` on, forever, in the order `tfds_order`
-    describes: (record positions int64 (n,), encoded images (n,), window words uint64
-    (n, per_image, 3)); the words are `crops.window_words` of the record's crop positions
-    ``record position * per_image + k``.
+    describes, each with its decoding planned: (record positions int64 (n,), encoded
+    images (n,), kinds int32 (n,), decode rectangles int32 (n, 4), the crops' corners in
+    the rectangle int32 (n, K, 2), their transforms int32 (n, K), window words uint64
+    (n, K, 3)); K = ``per_image``, the words are `crops.window_words` of the record's crop
+    positions ``record position * K + k``.
 
     Everything here is done once per block, not per record: parsing (batched), the
-    permutation, the positions and the crops' random words.
+    permutation, the positions, the crops' random words, and, from each JPEG's frame
+    header (`jpeg_size`), its crop windows and the rectangle to decode (`_plan`). Images
+    that the header shows too small are noted and left out here. The few records that
+    the first `_HEADER_BYTES` do not size are planned one by one (`_crops`).
     """
     (key,) = parse_spec
     files = tf.constant([chunk.file for chunk in order.chunks])
@@ -217,32 +283,48 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
         return tf.data.Dataset.from_tensor_slices((chunk_files, chunk_skips, chunk_counts)).flat_map(
             lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
 
-    def permutation_and_words(epoch: np.ndarray, block_index: np.ndarray, size: np.ndarray
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(permutation, record positions, window words) of a block."""
+    def plan_block(epoch: np.ndarray, block_index: np.ndarray, begin: np.ndarray,
+                   headers: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(record order, positions, kinds, rectangles, corners, transforms, words) of a
+        block's records from ``begin`` on (resuming drops the ones before the start)."""
         first = int(epoch) * order.count + int(block_index) * order.block_size
-        record_positions = first + np.arange(int(size), dtype=np.int64)
+        permutation = order.block_permutation(epoch, block_index, len(headers))[int(begin):]
+        record_positions = first + int(begin) + np.arange(len(permutation), dtype=np.int64)
         positions = record_positions[:, None] * per_image + np.arange(per_image)
-        return (order.block_permutation(epoch, block_index, size), record_positions,
-                crops.window_words(crop_key, positions))
+        words = crops.window_words(crop_key, positions)
+        sizes = np.full((len(permutation), 2), patch, np.int64)
+        kinds = np.empty(len(permutation), np.int32)
+        for i, stored in enumerate(permutation):
+            header = headers[stored]
+            size = jpeg_size(header)
+            if size is not None:
+                sizes[i] = size
+                kinds[i] = _WINDOW if min(size) >= patch else _SMALL
+            else:
+                kinds[i] = _HEADER if header[:3] == b"\xff\xd8\xff" else _WHOLE
+        rectangles, corners, transforms = _plan(sizes.clip(patch), words, patch)
+        skipped.note_too_small(record_positions[kinds == _SMALL])
+        return permutation, record_positions, kinds, rectangles, corners, transforms, words
 
     def number(epoch, records, first_block: int, drop: int):
-        def permute(block_index, serialized):
+        def plan(block_index, serialized):
             # A stateless permutation per (seed, process, epoch, block) rather than
-            # Dataset.shuffle, whose seed also depends on TensorFlow's global seed. The
-            # crops' random words come with it: one Python call per block, not per record.
+            # Dataset.shuffle, whose seed also depends on TensorFlow's global seed. It comes
+            # with the rest of the block's plan: one Python call per block, not per record.
             encoded = tf.io.parse_example(serialized, parse_spec)[key]
-            size = tf.shape(encoded, out_type=tf.int64)[0]
-            permutation, positions, words = tf.numpy_function(
-                permutation_and_words, [epoch, block_index, size],
-                (tf.int64, tf.int64, tf.uint64), stateful=False)
-            # Resuming inside the first block drops the records before the start.
             begin = tf.where(block_index == first_block, tf.constant(drop, tf.int64), 0)
-            return (tf.ensure_shape(positions, [None])[begin:],
-                    tf.gather(encoded, permutation)[begin:],
-                    tf.ensure_shape(words, [None, per_image, 3])[begin:])
+            planned = tf.numpy_function(
+                plan_block, [epoch, block_index, begin, tf.strings.substr(encoded, 0, _HEADER_BYTES)],
+                (tf.int64, tf.int64, tf.int32, tf.int32, tf.int32, tf.int32, tf.uint64), stateful=True)
+            permutation, positions, kinds, rectangles, corners, transforms, words = planned
+            shapes = ([None], [None], [None], [None, 4], [None, per_image, 2], [None, per_image],
+                      [None, per_image, 3])
+            planned = [tf.ensure_shape(value, shape) for value, shape in zip(planned, shapes)]
+            keep = tf.not_equal(planned[2], _SMALL)
+            kept = [tf.boolean_mask(value, keep) for value in planned]
+            return (encoded, kept[0], kept[1], *kept[2:])
 
-        return records.batch(order.block_size).enumerate(first_block).map(permute)
+        return records.batch(order.block_size).enumerate(first_block).map(plan)
 
     def later_epoch(epoch):
         slots = tf.numpy_function(order.chunk_order, [epoch], tf.int64, stateful=False)
@@ -270,97 +352,85 @@ def _parse_spec(tf: Any, spec: str, features: Any, key: str) -> dict[str, Any]:
 
 
 def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords) -> Any:
-    """Batches ``{'hr', 'transform', 'position'}`` from blocks of numbered records: ``crops_per_image``
-    crops per decoded record, records that cannot be decoded or are too small skipped and
-    noted.
+    """Batches ``{'hr', 'transform', 'position'}`` from blocks of planned records:
+    ``crops_per_image`` crops per decoded record; records that cannot be decoded are
+    dropped (`TfDataset` notes the gaps they leave), images too small are noted and skipped.
 
-    Everything per record is TensorFlow ops: a Python call per record (tf.numpy_function)
-    costs about as much CPU as decoding the record's crop window. The decoding map runs
-    inside each block's dataset and restarts with the next block, which leaves about
-    ``threads / shuffle_buffer`` of the decoding time idle.
+    Per record there is one map call of a few TensorFlow ops: the decode and the cuts (a
+    `tf.numpy_function` per record costs about as much CPU as decoding its crop window).
+    The decoding map runs inside each block's dataset and restarts with the next block,
+    which leaves about ``threads / shuffle_buffer`` of the decoding time idle.
     """
     patch, per_image = options.patch_size, options.crops_per_image
-    empty = (tf.zeros([per_image, patch, patch, 3], tf.uint8), tf.zeros([per_image], tf.int32))
+    empty = tf.zeros([per_image, patch, patch, 3], tf.uint8)
 
-    def cropped(size, words, decode):
-        """((crops, transforms), fits): the crops from the pixels ``decode(window)``
-        gives, where ``window`` covers every crop of the record (`_decode_window`)."""
-        def make():
-            # crops.crop_window, reduced in the graph: each word modulo its range.
-            spans = tf.cast(size - patch + 1, tf.uint64)
-            tops = tf.cast(words[:, 0] % spans[0], tf.int32)
-            lefts = tf.cast(words[:, 1] % spans[1], tf.int32)
-            transforms = tf.cast(words[:, 2] % crops.NUM_TRANSFORMS, tf.int32)
-            window = _decode_window(tf, tops, lefts, size, patch)
-            pixels, origin = decode(window)
-            windows = tf.stack([tf.slice(pixels, [tops[k] - origin[0], lefts[k] - origin[1], 0],
-                                         [patch, patch, 3]) for k in range(per_image)])
-            return windows, transforms
+    def cut(pixels, corners):
+        return tf.stack([tf.slice(pixels, [corners[k, 0], corners[k, 1], 0], [patch, patch, 3])
+                         for k in range(per_image)])
 
-        fits = tf.reduce_min(size) >= patch
-        return tf.cond(fits, make, lambda: empty), fits
+    def plan_record(position: np.ndarray, size: np.ndarray, words: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`_plan` of one record, once its size is known: (rectangle, corners, transforms,
+        fits); a record too small is noted."""
+        if min(size) < patch:
+            skipped.note_too_small(np.array([position]))
+            return (np.zeros(4, np.int32), np.zeros((per_image, 2), np.int32),
+                    np.zeros(per_image, np.int32), np.bool_(False))
+        rectangles, corners, transforms = _plan(size, words[None], patch)
+        return rectangles[0], corners[0], transforms[0], np.bool_(True)
 
-    def decode(record_position, record, words):
-        def jpeg():
-            # The header gives the size, so the windows are known before decoding, and
-            # only the rows and columns they cover (plus the margin) are decoded.
-            size = tf.image.extract_jpeg_shape(record)[:2]
-            return cropped(size, words, lambda window: (
-                tf.image.decode_and_crop_jpeg(record, window, channels=3), window[:2]))
+    def planned(position, size, words):
+        rectangle, corners, transforms, fits = tf.numpy_function(
+            plan_record, [position, size, words], (tf.int32, tf.int32, tf.int32, tf.bool),
+            stateful=True)
+        return (tf.ensure_shape(rectangle, [4]), tf.ensure_shape(corners, [per_image, 2]),
+                tf.ensure_shape(transforms, [per_image]), tf.ensure_shape(fits, []))
 
-        def other():  # PNG, BMP, GIF: decoded whole
+    def decode(position, record, kind, rectangle, corners, transforms, words):
+        def window():  # planned with its block: only the rectangle of its crops is decoded
+            pixels = tf.image.decode_and_crop_jpeg(record, rectangle, channels=3)
+            return cut(pixels, corners), transforms, True
+
+        def header():  # a JPEG whose frame header lies beyond the block's _HEADER_BYTES
+            rectangle, corners, transforms, fits = planned(
+                position, tf.image.extract_jpeg_shape(record)[:2], words)
+            return tf.cond(fits, lambda: cut(tf.image.decode_and_crop_jpeg(
+                record, rectangle, channels=3), corners), lambda: empty), transforms, fits
+
+        def whole():  # PNG, BMP, GIF: decoded whole, then planned
             pixels = tf.io.decode_image(record, channels=3, dtype=tf.uint8, expand_animations=False)
-            return cropped(tf.shape(pixels)[:2], words,
-                           lambda window: (pixels, tf.zeros([2], tf.int32)))
+            rectangle, corners, transforms, fits = planned(position, tf.shape(pixels)[:2], words)
+            return tf.cond(fits, lambda: cut(pixels, corners + rectangle[None, :2]),
+                           lambda: empty), transforms, fits
 
-        (hr, transforms), fits = tf.cond(tf.io.is_jpeg(record), jpeg, other)
-        return (record_position, tf.ensure_shape(hr, [per_image, patch, patch, 3]),
-                tf.ensure_shape(transforms, [per_image]), fits)
+        hr, transforms, fits = tf.switch_case(kind, [window, header, whole])
+        return position, tf.ensure_shape(hr, [per_image, patch, patch, 3]), transforms, fits
 
     parallel = tf.data.AUTOTUNE if options.threads is None else options.threads
 
-    def decoded(positions, records, words):
+    def decoded(encoded, order, *plan):
         # A record that cannot be decoded must not stop the run. Errors are dropped inside
-        # each block's dataset, so that those of reading the files still raise.
-        return tf.data.Dataset.from_tensor_slices((positions, records, words)).map(
-            decode, num_parallel_calls=parallel, deterministic=True).ignore_errors()
-
-    def note(expected, element):
-        # Record positions are consecutive before decoding: a gap is a dropped record.
-        record_position, hr, transforms, fits = element
-        noted = tf.cond(tf.logical_or(record_position > expected, tf.logical_not(fits)),
-                        lambda: tf.numpy_function(skipped.note, [expected, record_position, fits],
-                                                  tf.int64, stateful=True),
-                        lambda: tf.constant(0, tf.int64))
-        with tf.control_dependencies([noted]):
-            return record_position + 1, (tf.identity(record_position), hr, transforms, fits)
-
-    def per_crop(record_position, hr, transforms, fits):
-        return record_position * per_image + tf.range(per_image, dtype=tf.int64), hr, transforms
+        # each block's dataset, so that those of reading the files still raise. Records
+        # are taken from the block by index: permuting the block first would copy them.
+        return tf.data.Dataset.from_tensor_slices((order, *plan)).map(
+            lambda index, position, *rest: decode(position, encoded[index], *rest),
+            num_parallel_calls=parallel, deterministic=True).ignore_errors()
 
     dataset = blocks.flat_map(decoded)
-    first_record = options.start_position // per_image
-    dataset = dataset.scan(tf.constant(first_record, tf.int64), note)
-    dataset = dataset.filter(lambda record_position, hr, transforms, fits: fits)  # a skipped image leaves a gap
-    dataset = dataset.map(per_crop).unbatch()
-    if options.start_position % per_image:  # resuming inside a record's crops
-        start = options.start_position
-        dataset = dataset.filter(lambda position, hr, transforms: position >= start)
+    dataset = dataset.filter(lambda position, hr, transforms, fits: fits)
+    if per_image == 1:  # a record is a crop: no unbatching
+        dataset = dataset.map(lambda position, hr, transforms, fits: {
+            "hr": hr[0], "transform": transforms[0], "position": position})
+    else:
+        dataset = dataset.map(lambda position, hr, transforms, fits: {
+            "hr": hr, "transform": transforms,
+            "position": position * per_image + tf.range(per_image, dtype=tf.int64)}).unbatch()
+        if options.start_position % per_image:  # resuming inside a record's crops
+            start = options.start_position
+            dataset = dataset.filter(lambda crop: crop["position"] >= start)
     dataset = dataset.batch(options.batch_size, drop_remainder=True)
-    dataset = dataset.map(lambda position, hr, transforms: {"hr": hr, "transform": transforms,
-                                                            "position": position})
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset.with_options(_options(tf, options.threads))
-
-
-def _decode_window(tf: Any, tops: Any, lefts: Any, size: Any, patch: int) -> Any:
-    """[top, left, rows, columns] (int32) covering the ``patch``-pixel windows at ``tops``,
-    ``lefts`` and `_JPEG_MARGIN` pixels around them, inside an image of ``size``."""
-    top = tf.maximum(0, tf.reduce_min(tops) - _JPEG_MARGIN)
-    left = tf.maximum(0, tf.reduce_min(lefts) - _JPEG_MARGIN)
-    bottom = tf.minimum(size[0], tf.reduce_max(tops) + patch + _JPEG_MARGIN)
-    right = tf.minimum(size[1], tf.reduce_max(lefts) + patch + _JPEG_MARGIN)
-    return tf.stack([top, left, bottom - top, right - left])
 
 
 class SkippedRecords:
@@ -379,27 +449,31 @@ class SkippedRecords:
         self.too_small: set[int] = set()
         self._lock = threading.Lock()
 
-    def note(self, expected: np.ndarray, record_position: np.ndarray, fits: np.ndarray) -> np.int64:
-        """Called by the stream for the record at ``record_position`` when it does not fit,
-        or when the records from ``expected`` up to it were dropped (not decodable)."""
-        dropped = [self._order.stored_index(p) for p in range(int(expected), int(record_position))]
-        small = None if bool(fits) else self._order.stored_index(int(record_position))
+    def note_too_small(self, record_positions: np.ndarray) -> None:
+        """Called by the stream when it finds images too small, before it drops them."""
+        small = [self._order.stored_index(int(p)) for p in record_positions]
         with self._lock:
-            new = [index for index in dropped if index not in self.unreadable]
+            self.too_small.update(small)
+
+    def note_gaps(self, record_positions: np.ndarray) -> None:
+        """Called with the record positions that the stream did not deliver: those not
+        noted too small could not be decoded."""
+        stored = [self._order.stored_index(int(p)) for p in record_positions]
+        with self._lock:
+            dropped = [index for index in stored if index not in self.too_small]
+            new = sorted(set(dropped) - self.unreadable)
             self.unreadable.update(dropped)
-            if small is not None:
-                self.too_small.add(small)
         for index in new:
             logger.warning("%s record %d (in stored order of this process's split): cannot be "
                            "decoded; skipped", self._spec, index)
-        return np.int64(len(dropped))
 
 
 class TfDataset:
     """A batched `tf.data.Dataset` with the `base.TrainDataset` interface.
 
     Attributes:
-      dataset: the tf.data pipeline, for TensorFlow-side use.
+      dataset: the tf.data pipeline, for TensorFlow-side use (it drops undecodable records
+        without noting them: `as_numpy_iterator` notes the gaps they leave).
       source_info: what was found in the source.
       skipped: the records skipped so far, by every iterator of this dataset.
       order: the record order (which stored record each record position reads).
@@ -407,21 +481,33 @@ class TfDataset:
 
     def __init__(self, dataset: Any, source_info: SourceInfo | None,
                  skipped: SkippedRecords | None, order: tfds_order.RecordOrder | None = None,
-                 *, damaged: str = "a record file is damaged ({})"):
+                 *, damaged: str = "a record file is damaged ({})", start_position: int = 0,
+                 crops_per_image: int = 1):
         self.dataset = dataset
         self.source_info = source_info
         self.skipped = skipped
         self.order = order
         self._damaged = damaged
+        self._start, self._per_image = start_position, crops_per_image
 
     def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
-        """The batches as NumPy arrays. A damaged record file (TensorFlow's
-        ``DataLossError``: reading errors are not dropped like undecodable records) raises
-        a one-line `SourceError`."""
+        """The batches as NumPy arrays. Records missing between the positions delivered
+        are noted in `skipped`. A damaged record file (TensorFlow's ``DataLossError``:
+        reading errors are not dropped like undecodable records) raises a one-line
+        `SourceError`."""
         import tensorflow as tf  # imported already by whoever built the dataset
 
+        expected = self._start // self._per_image  # the next record position to deliver
         try:
-            yield from self.dataset.as_numpy_iterator()
+            for batch in self.dataset.as_numpy_iterator():
+                records = batch["position"] // self._per_image
+                last = int(records[-1])  # positions increase along the stream
+                if self.skipped is not None and last >= expected:
+                    present = np.unique(records[records >= expected])
+                    if len(present) < last - expected + 1:
+                        self.skipped.note_gaps(np.setdiff1d(np.arange(expected, last + 1), present))
+                expected = max(expected, last + 1)
+                yield batch
         except tf.errors.DataLossError as err:
             # TensorFlow's message starts with the op's function name; keep what was read.
             detail = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", first_line(err)).strip()
