@@ -10,14 +10,16 @@ The training stream, per process (`tfds.split_for_jax_process`): the split's TFR
 files are read in seeded chunks and shuffled in blocks of ``shuffle_buffer`` records, both
 anew every epoch (`tfds_order`); record position ``epoch * n + i`` holds the crops at
 positions ``(epoch * n + i) * K + k``, ``K = crops_per_image``. Resuming starts reading at the
-block of the start position. A JPEG record's size is read from its header, its crop windows
-drawn by `crops.crop_window`'s words for (crop key, position), and only the rectangle that
-covers them, plus `_JPEG_MARGIN` pixels, is decoded (`tf.image.decode_and_crop_jpeg`): the
-crops are bit-identical to `crops.crop` of the fully decoded image. Other formats are
-decoded whole (``tf.io.decode_image``, 3 channels, uint8). Images smaller than the crop,
-and records that cannot be decoded (counted and named once, in `SkippedRecords`), are
-skipped after their positions were assigned, so positions have gaps (``dense_positions``
-False). Batches are ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,), 'position': int64
+block of the start position. A JPEG record's size is read from its frame header
+(`jpeg_size`), its crop windows drawn by `crops.crop_window`'s words for (crop key,
+position), and only the rectangle that covers them, plus `_JPEG_MARGIN` pixels, is decoded
+(`tf.image.decode_and_crop_jpeg`): the crops are bit-identical to `crops.crop` of the fully
+decoded image. All of that is planned once per block, in one Python call; per record only
+the decode and the cuts run. Other formats are decoded whole (``tf.io.decode_image``, 3
+channels, uint8). Images smaller than the crop, and records that cannot be decoded
+(counted and named once, in `SkippedRecords`; the iterator finds them as gaps in the
+positions it delivers), are skipped after their positions were assigned, so positions have
+gaps (``dense_positions`` False). Batches are ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,), 'position': int64
 (B,)}``: the windows untransformed, with the transform that training applies on the device
 (`drn_jax.ops.dihedral`; TensorFlow's transpose and reverse would copy every crop twice).
 """
@@ -260,11 +262,12 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
              start_record: int, crop_key: int, patch: int, per_image: int,
              skipped: SkippedRecords) -> Any:
     """Blocks of records from ``start_record`` on, forever, in the order `tfds_order`
-    describes, each with its decoding planned: (record positions int64 (n,), encoded
-    images (n,), kinds int32 (n,), decode rectangles int32 (n, 4), the crops' corners in
-    the rectangle int32 (n, K, 2), their transforms int32 (n, K), window words uint64
-    (n, K, 3)); K = ``per_image``, the words are `crops.window_words` of the record's crop
-    positions ``record position * K + k``.
+    describes, each with its decoding planned: (the block's encoded images (m,), then for
+    the n records to decode, in order: their index in the block int64 (n,), record
+    positions int64 (n,), kinds int32 (n,), decode rectangles int32 (n, 4), the crops'
+    corners in the rectangle int32 (n, K, 2), their transforms int32 (n, K), window words
+    uint64 (n, K, 3)); K = ``per_image``, the words are `crops.window_words` of the
+    record's crop positions ``record position * K + k``.
 
     Everything here is done once per block, not per record: parsing (batched), the
     permutation, the positions, the crops' random words, and, from each JPEG's frame
@@ -302,6 +305,7 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
                 kinds[i] = _WINDOW if min(size) >= patch else _SMALL
             else:
                 kinds[i] = _HEADER if header[:3] == b"\xff\xd8\xff" else _WHOLE
+        # Records not planned here get some plan of a patch-sized image: it is not used.
         rectangles, corners, transforms = _plan(sizes.clip(patch), words, patch)
         skipped.note_too_small(record_positions[kinds == _SMALL])
         return permutation, record_positions, kinds, rectangles, corners, transforms, words
@@ -316,13 +320,13 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
             planned = tf.numpy_function(
                 plan_block, [epoch, block_index, begin, tf.strings.substr(encoded, 0, _HEADER_BYTES)],
                 (tf.int64, tf.int64, tf.int32, tf.int32, tf.int32, tf.int32, tf.uint64), stateful=True)
-            permutation, positions, kinds, rectangles, corners, transforms, words = planned
             shapes = ([None], [None], [None], [None, 4], [None, per_image, 2], [None, per_image],
                       [None, per_image, 3])
             planned = [tf.ensure_shape(value, shape) for value, shape in zip(planned, shapes)]
             keep = tf.not_equal(planned[2], _SMALL)
-            kept = [tf.boolean_mask(value, keep) for value in planned]
-            return (encoded, kept[0], kept[1], *kept[2:])
+            # The block's records, and (order in the block, record position, kind, rectangle,
+            # corners, transforms, words) of those to decode.
+            return (encoded, *[tf.boolean_mask(value, keep) for value in planned])
 
         return records.batch(order.block_size).enumerate(first_block).map(plan)
 
