@@ -710,6 +710,8 @@ def test_tfds_stream(tfds_dir, shuffle_buffer):
     _assert_windows(full, sources)
     positions = np.concatenate([b["position"] for b in full])
     assert len(positions) == 32 and positions[-1] > 31  # image 3 skipped once per epoch
+    # Too small, as its decoding shows (a PNG has no header the stream plans from), not unreadable.
+    assert len(dataset.skipped.too_small) == 1 and not dataset.skipped.unreadable
     idents = [int(c[0, 0, 2]) for b in full for c in b["hr"]]
     for epoch in range(3):  # each epoch of 10 records holds every usable image once
         in_epoch = [i for i, p in zip(idents, positions) if p // _TFDS_IMAGES == epoch]

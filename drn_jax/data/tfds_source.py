@@ -372,21 +372,19 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
         return tf.stack([tf.slice(pixels, [corners[k, 0], corners[k, 1], 0], [patch, patch, 3])
                          for k in range(per_image)])
 
-    def plan_record(position: np.ndarray, size: np.ndarray, words: np.ndarray
+    def plan_record(size: np.ndarray, words: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`_plan` of one record, once its size is known: (rectangle, corners, transforms,
-        fits); a record too small is noted."""
-        if min(size) < patch:
-            skipped.note_too_small(np.array([position]))
-            return (np.zeros(4, np.int32), np.zeros((per_image, 2), np.int32),
-                    np.zeros(per_image, np.int32), np.bool_(False))
-        rectangles, corners, transforms = _plan(size, words[None], patch)
-        return rectangles[0], corners[0], transforms[0], np.bool_(True)
+        fits)."""
+        fits = min(size) >= patch
+        rectangles, corners, transforms = _plan(np.maximum(size, patch), words[None], patch)
+        return rectangles[0], corners[0], transforms[0], np.bool_(fits)
 
-    def planned(position, size, words):
+    def planned(size, words):
+        # Stateless: with a stateful function in it, the decoding map ran less well (the
+        # training loop waited about twice as long for its batches).
         rectangle, corners, transforms, fits = tf.numpy_function(
-            plan_record, [position, size, words], (tf.int32, tf.int32, tf.int32, tf.bool),
-            stateful=True)
+            plan_record, [size, words], (tf.int32, tf.int32, tf.int32, tf.bool), stateful=False)
         return (tf.ensure_shape(rectangle, [4]), tf.ensure_shape(corners, [per_image, 2]),
                 tf.ensure_shape(transforms, [per_image]), tf.ensure_shape(fits, []))
 
@@ -397,13 +395,13 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
 
         def header():  # a JPEG whose frame header lies beyond the block's _HEADER_BYTES
             rectangle, corners, transforms, fits = planned(
-                position, tf.image.extract_jpeg_shape(record)[:2], words)
+                tf.image.extract_jpeg_shape(record)[:2], words)
             return tf.cond(fits, lambda: cut(tf.image.decode_and_crop_jpeg(
                 record, rectangle, channels=3), corners), lambda: empty), transforms, fits
 
         def whole():  # PNG, BMP, GIF: decoded whole, then planned
             pixels = tf.io.decode_image(record, channels=3, dtype=tf.uint8, expand_animations=False)
-            rectangle, corners, transforms, fits = planned(position, tf.shape(pixels)[:2], words)
+            rectangle, corners, transforms, fits = planned(tf.shape(pixels)[:2], words)
             return tf.cond(fits, lambda: cut(pixels, corners + rectangle[None, :2]),
                            lambda: empty), transforms, fits
 
@@ -420,8 +418,18 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
             lambda index, position, *rest: decode(position, encoded[index], *rest),
             num_parallel_calls=parallel, deterministic=True).ignore_errors()
 
+    def note_too_small(position: np.ndarray) -> np.bool_:
+        skipped.note_too_small(np.array([position]))
+        return np.bool_(False)
+
+    def fitting(position, hr, transforms, fits):
+        # Images too small that the block's plan could not see are noted here, once their
+        # size is known, so that the decoding map's functions stay stateless.
+        return tf.cond(fits, lambda: tf.constant(True), lambda: tf.ensure_shape(tf.numpy_function(
+            note_too_small, [position], tf.bool, stateful=True), []))
+
     dataset = blocks.flat_map(decoded)
-    dataset = dataset.filter(lambda position, hr, transforms, fits: fits)
+    dataset = dataset.filter(fitting)
     if per_image == 1:  # a record is a crop: no unbatching
         dataset = dataset.map(lambda position, hr, transforms, fits: {
             "hr": hr[0], "transform": transforms[0], "position": position})
