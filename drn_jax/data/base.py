@@ -194,3 +194,26 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message, for one-line errors."""
     text = str(err).strip()
     return text.splitlines()[0].rstrip(".") if text else type(err).__name__
+
+
+def full_batches(parts: Iterator[dict[str, np.ndarray]], batch_size: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of exactly ``batch_size`` from parts of at most that many entries, in order.
+
+    A stream whose positions were skipped makes short parts; their entries carry over into
+    the next batch. A full part, the usual case, is passed on without a copy.
+    """
+    carried: list[dict[str, np.ndarray]] = []
+    pending = 0
+    for part in parts:
+        size = len(part["position"])
+        if not pending and size == batch_size:
+            yield part
+            continue
+        carried.append(part)
+        pending += size
+        if pending >= batch_size:
+            joined = {key: np.concatenate([p[key] for p in carried]) for key in part}
+            yield {key: value[:batch_size] for key, value in joined.items()}
+            carried = [{key: value[batch_size:] for key, value in joined.items()}]
+            pending -= batch_size

@@ -49,7 +49,8 @@ import numpy as np
 
 from drn_jax import image_io
 from drn_jax.data import crops
-from drn_jax.data.base import Source, SourceError, SourceInfo, StreamOptions, derive_key
+from drn_jax.data.base import (Source, SourceError, SourceInfo, StreamOptions, derive_key,
+                               full_batches)
 
 logger = logging.getLogger(__name__)
 
@@ -305,23 +306,9 @@ class Batches:
 
 def _batches(produce: Callable[[int], Chunk], start: int, batch_size: int,
              workers: int) -> Iterator[dict[str, np.ndarray]]:
-    parts: list[Chunk] = []
-    pending = 0
     # closing: a consumer that stops early also stops the worker pool, at once.
     with contextlib.closing(_chunks(produce, itertools.count(start, batch_size), workers)) as chunks:
-        for chunk in chunks:
-            size = len(chunk["position"])
-            if not pending and size == batch_size:  # always so when cached
-                yield chunk
-                continue
-            # Skipped positions: carry crops over to fill the next batch.
-            parts.append(chunk)
-            pending += size
-            if pending >= batch_size:
-                joined = {key: np.concatenate([part[key] for part in parts]) for key in chunk}
-                yield {key: value[:batch_size] for key, value in joined.items()}
-                parts = [{key: value[batch_size:] for key, value in joined.items()}]
-                pending -= batch_size
+        yield from full_batches(chunks, batch_size)  # skipped positions: crops carry over
 
 
 def _chunks(produce: Callable[[int], Chunk], starts: Iterator[int], workers: int) -> Iterator[Chunk]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from drn_jax.data import crops, tfds_order
 from drn_jax.data.base import (FormError, Source, SourceError, SourceInfo, StreamOptions,
-                               derive_key, first_line)
+                               derive_key, first_line, full_batches)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class TfdsSource(Source):
         blocks = _records(tf, _parse_spec(tf, self.spec, builder.info.features, self.key), order,
                           options.start_position // options.crops_per_image, crop_key,
                           options.patch_size, options.crops_per_image, skipped)
-        dataset = _crops(tf, blocks, options, skipped)
+        dataset = _crops(tf, blocks, options)
         info = SourceInfo(source=self.spec, patch_size=options.patch_size, num_images=count,
                           num_too_small=None, num_unreadable=None, images=(), cached=False,
                           dense_positions=False, process_index=options.process_index,
@@ -161,7 +161,7 @@ class TfdsSource(Source):
                    f"`tfds build {self.name} --data_dir={root} --overwrite`")
         return TfDataset(dataset, info, skipped, order, damaged=damaged,
                          start_position=options.start_position,
-                         crops_per_image=options.crops_per_image)
+                         crops_per_image=options.crops_per_image, batch_size=options.batch_size)
 
     def load_images(self, *, max_pixels: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
         """Names are the ``file_name`` feature's stems when there is one, else zero-padded
@@ -355,10 +355,11 @@ def _parse_spec(tf: Any, spec: str, features: Any, key: str) -> dict[str, Any]:
     return {key: tf.io.FixedLenFeature([], tf.string)}
 
 
-def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords) -> Any:
-    """Batches ``{'hr', 'transform', 'position'}`` from blocks of planned records:
-    ``crops_per_image`` crops per decoded record; records that cannot be decoded are
-    dropped (`TfDataset` notes the gaps they leave), images too small are noted and skipped.
+def _crops(tf: Any, blocks: Any, options: StreamOptions) -> Any:
+    """Batches ``{'hr', 'transform', 'position', 'fits'}`` from blocks of planned records:
+    ``crops_per_image`` crops per decoded record. Records that cannot be decoded are
+    dropped; crops of images that decoding shows too small are marked (``fits`` False).
+    `TfDataset` notes both, and drops the marked crops.
 
     Per record there is one map call of a few TensorFlow ops: the decode and the cuts (a
     `tf.numpy_function` per record costs about as much CPU as decoding its crop window).
@@ -381,8 +382,9 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
         return rectangles[0], corners[0], transforms[0], np.bool_(fits)
 
     def planned(size, words):
-        # Stateless: with a stateful function in it, the decoding map ran less well (the
-        # training loop waited about twice as long for its batches).
+        # Stateless, like every function of the stream per record (too small images are
+        # noted by the iterator): stateful ones made the training loop wait longer for
+        # its batches and cost CPU.
         rectangle, corners, transforms, fits = tf.numpy_function(
             plan_record, [size, words], (tf.int32, tf.int32, tf.int32, tf.bool), stateful=False)
         return (tf.ensure_shape(rectangle, [4]), tf.ensure_shape(corners, [per_image, 2]),
@@ -418,24 +420,15 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions, skipped: SkippedRecords
             lambda index, position, *rest: decode(position, encoded[index], *rest),
             num_parallel_calls=parallel, deterministic=True).ignore_errors()
 
-    def note_too_small(position: np.ndarray) -> np.bool_:
-        skipped.note_too_small(np.array([position]))
-        return np.bool_(False)
-
-    def fitting(position, hr, transforms, fits):
-        # Images too small that the block's plan could not see are noted here, once their
-        # size is known, so that the decoding map's functions stay stateless.
-        return tf.cond(fits, lambda: tf.constant(True), lambda: tf.ensure_shape(tf.numpy_function(
-            note_too_small, [position], tf.bool, stateful=True), []))
-
+    # Images found too small only once decoded stay in the stream, marked by ``fits``:
+    # the iterator notes and drops them (TfDataset).
     dataset = blocks.flat_map(decoded)
-    dataset = dataset.filter(fitting)
     if per_image == 1:  # a record is a crop: no unbatching
         dataset = dataset.map(lambda position, hr, transforms, fits: {
-            "hr": hr[0], "transform": transforms[0], "position": position})
+            "hr": hr[0], "transform": transforms[0], "position": position, "fits": fits})
     else:
         dataset = dataset.map(lambda position, hr, transforms, fits: {
-            "hr": hr, "transform": transforms,
+            "hr": hr, "transform": transforms, "fits": tf.fill([per_image], fits),
             "position": position * per_image + tf.range(per_image, dtype=tf.int64)}).unbatch()
         if options.start_position % per_image:  # resuming inside a record's crops
             start = options.start_position
@@ -484,8 +477,9 @@ class TfDataset:
     """A batched `tf.data.Dataset` with the `base.TrainDataset` interface.
 
     Attributes:
-      dataset: the tf.data pipeline, for TensorFlow-side use (it drops undecodable records
-        without noting them: `as_numpy_iterator` notes the gaps they leave).
+      dataset: the tf.data pipeline, for TensorFlow-side use: its batches also hold the
+        crops of images found too small when decoded (``'fits'`` False), and the records
+        it dropped as undecodable are noted nowhere; `as_numpy_iterator` does both.
       source_info: what was found in the source.
       skipped: the records skipped so far, by every iterator of this dataset.
       order: the record order (which stored record each record position reads).
@@ -494,36 +488,48 @@ class TfDataset:
     def __init__(self, dataset: Any, source_info: SourceInfo | None,
                  skipped: SkippedRecords | None, order: tfds_order.RecordOrder | None = None,
                  *, damaged: str = "a record file is damaged ({})", start_position: int = 0,
-                 crops_per_image: int = 1):
+                 crops_per_image: int = 1, batch_size: int | None = None):
         self.dataset = dataset
         self.source_info = source_info
         self.skipped = skipped
         self.order = order
         self._damaged = damaged
-        self._start, self._per_image = start_position, crops_per_image
+        self._start, self._per_image, self._batch_size = start_position, crops_per_image, batch_size
 
     def as_numpy_iterator(self) -> Iterator[dict[str, np.ndarray]]:
-        """The batches as NumPy arrays. Records missing between the positions delivered
-        are noted in `skipped`. A damaged record file (TensorFlow's ``DataLossError``:
-        reading errors are not dropped like undecodable records) raises a one-line
-        `SourceError`."""
+        """The batches as NumPy arrays. Images too small and records missing between the
+        positions delivered are noted in `skipped`. A damaged record file (TensorFlow's
+        ``DataLossError``: reading errors are not dropped like undecodable records) raises
+        a one-line `SourceError`."""
         import tensorflow as tf  # imported already by whoever built the dataset
 
-        expected = self._start // self._per_image  # the next record position to deliver
         try:
-            for batch in self.dataset.as_numpy_iterator():
-                records = batch["position"] // self._per_image
-                last = int(records[-1])  # positions increase along the stream
-                if self.skipped is not None and last >= expected:
-                    present = np.unique(records[records >= expected])
-                    if len(present) < last - expected + 1:
-                        self.skipped.note_gaps(np.setdiff1d(np.arange(expected, last + 1), present))
-                expected = max(expected, last + 1)
-                yield batch
+            batches = self.dataset.as_numpy_iterator()
+            if self.skipped is not None:  # a stream of this module, not a bare dataset
+                batches = full_batches(self._checked(batches), self._batch_size)
+            yield from batches
         except tf.errors.DataLossError as err:
             # TensorFlow's message starts with the op's function name; keep what was read.
             detail = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", first_line(err)).strip()
             raise SourceError(self._damaged.format(detail or "data loss")) from None
+
+    def _checked(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """The stream's batches without the crops of images too small (noted), and with the
+        records that never came (could not be decoded) noted."""
+        expected = self._start // self._per_image  # the next record position to deliver
+        for batch in batches:
+            fits = batch.pop("fits")
+            records = batch["position"] // self._per_image
+            if not fits.all():
+                self.skipped.note_too_small(np.unique(records[~fits]))
+                batch = {key: value[fits] for key, value in batch.items()}
+            last = int(records[-1])  # positions increase along the stream
+            if last >= expected:
+                present = np.unique(records[records >= expected])
+                if len(present) < last - expected + 1:
+                    self.skipped.note_gaps(np.setdiff1d(np.arange(expected, last + 1), present))
+                expected = last + 1
+            yield batch
 
 
 def _options(tf: Any, threads: int | None) -> Any:
