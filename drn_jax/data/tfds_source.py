@@ -361,8 +361,9 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions) -> Any:
     dropped; crops of images that decoding shows too small are marked (``fits`` False).
     `TfDataset` notes both, and drops the marked crops.
 
-    Per record there is one map call of a few TensorFlow ops: the decode and the cuts (a
-    `tf.numpy_function` per record costs about as much CPU as decoding its crop window).
+    Per record there is one map call: for a JPEG planned with its block, the decode and
+    the cuts only. The rare records planned on their own take one `tf.numpy_function`
+    each, which costs about as much CPU as decoding a crop window.
     The decoding map runs inside each block's dataset and restarts with the next block,
     which leaves about ``threads / shuffle_buffer`` of the decoding time idle.
     """
@@ -382,9 +383,8 @@ def _crops(tf: Any, blocks: Any, options: StreamOptions) -> Any:
         return rectangles[0], corners[0], transforms[0], np.bool_(fits)
 
     def planned(size, words):
-        # Stateless, like every function of the stream per record (too small images are
-        # noted by the iterator): stateful ones made the training loop wait longer for
-        # its batches and cost CPU.
+        # Stateless, like every per-record function of the stream, so that tf.data may
+        # treat the decoding map as pure; images too small are noted by the iterator.
         rectangle, corners, transforms, fits = tf.numpy_function(
             plan_record, [size, words], (tf.int32, tf.int32, tf.int32, tf.bool), stateful=False)
         return (tf.ensure_shape(rectangle, [4]), tf.ensure_shape(corners, [per_image, 2]),
