@@ -19,9 +19,10 @@ the decode and the cuts run. Other formats are decoded whole (``tf.io.decode_ima
 channels, uint8). Images smaller than the crop, and records that cannot be decoded
 (counted and named once, in `SkippedRecords`; the iterator finds them as gaps in the
 positions it delivers), are skipped after their positions were assigned, so positions have
-gaps (``dense_positions`` False). Batches are ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,), 'position': int64
-(B,)}``: the windows untransformed, with the transform that training applies on the device
-(`drn_jax.ops.dihedral`; TensorFlow's transpose and reverse would copy every crop twice).
+gaps (``dense_positions`` False). Batches are ``{'hr': uint8 (B, P, P, 3), 'transform':
+int32 (B,), 'position': int64 (B,)}``: the windows untransformed, with the transform that
+training applies on the device (`drn_jax.ops.dihedral`; TensorFlow's transpose and reverse
+would copy every crop twice).
 """
 
 from __future__ import annotations
@@ -206,6 +207,9 @@ _HEADER_BYTES = 4096
 # from its own header (_HEADER); decoded whole, then planned (_WHOLE: PNG, BMP, GIF); or
 # left out, too small by its header (_SMALL).
 _WINDOW, _HEADER, _WHOLE, _SMALL = 0, 1, 2, 3
+# The first bytes of every JPEG file (start of image, then a marker), as libjpeg and
+# tf.io.is_jpeg recognise one.
+_JPEG_START = b"\xff\xd8\xff"
 # Frame-header (SOFn) markers: C0-CF but DHT (C4), JPG (C8) and DAC (CC).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -214,7 +218,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) from the frame header of JPEG bytes (the first ``n`` bytes of a
     file are enough when they hold it), as libjpeg reads it; None when ``data`` is not a
     JPEG or its frame header is not in ``data``."""
-    if data[:3] != b"\xff\xd8\xff":
+    if not data.startswith(_JPEG_START):
         return None
     i, n = 2, len(data)
     while i + 4 <= n:
@@ -304,7 +308,7 @@ def _records(tf: Any, parse_spec: dict[str, Any], order: tfds_order.RecordOrder,
                 sizes[i] = size
                 kinds[i] = _WINDOW if min(size) >= patch else _SMALL
             else:
-                kinds[i] = _HEADER if header[:3] == b"\xff\xd8\xff" else _WHOLE
+                kinds[i] = _HEADER if header.startswith(_JPEG_START) else _WHOLE
         # Records not planned here get some plan of a patch-sized image: it is not used.
         rectangles, corners, transforms = _plan(sizes.clip(patch), words, patch)
         skipped.note_too_small(record_positions[kinds == _SMALL])
