@@ -148,7 +148,7 @@ def _to_rgb8(path: pathlib.Path, image: Image.Image, note: Callable[..., None]) 
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        peak = float(2 ** _integer_grey_bits(path, image) - 1)
         note(logging.WARNING, "%s: %s image reduced to 8 bits per channel", path, _mode_name(mode))
         gray = np.clip(np.floor(values * 255.0 / peak + 0.5), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
@@ -166,6 +166,21 @@ def _to_rgb8(path: pathlib.Path, image: Image.Image, note: Callable[..., None]) 
     if pixels.dtype != np.uint8:  # e.g. 16-bit RGB decoded as uint16
         pixels = np.clip(np.floor(pixels.astype(np.float64) * 255.0 / 65535.0 + 0.5), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(pixels)
+
+
+def _integer_grey_bits(path: pathlib.Path, image: Image.Image) -> int:
+    """8 or 16: the depth of a Pillow integer grey image ("I;16*" or "I"), from the file.
+
+    Not from the values: a dark 16-bit image has no value over 255. Mode "I" is Pillow's 32-bit
+    container: a PNG says its depth in IHDR; elsewhere (a PGM with maxval over 255, which Pillow
+    scales to 16 bits) it holds more than 8 bits, and is read as 16 (larger values clipped).
+    """
+    if image.mode.startswith("I;16"):
+        return 16
+    if image.format == "PNG":
+        header = _png_header(path)
+        return 8 if header is not None and header[0] <= 8 else 16
+    return 16
 
 
 def _mode_name(mode: str) -> str:
@@ -240,9 +255,10 @@ class Picture:
 def read_picture(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decodes ``path`` for upscaling: colour and alpha as floats at the file's bit depth.
 
-    EXIF orientation is applied; an animated image gives its first frame; CMYK, palette and
-    other colour modes are converted to RGB (RGBA when the palette has transparency), with a
-    note. 16-bit greyscale and 16-bit RGB(A) PNGs and 8/16-bit TIFFs keep their 16 bits.
+    EXIF orientation (and a TIFF's Orientation tag) is applied; an animated image gives its
+    first frame; CMYK, palette and other colour modes are converted to RGB (RGBA when the
+    palette has transparency), with a note. 16-bit grey, grey + alpha and RGB(A) PNGs and
+    8/16-bit TIFFs keep their 16 bits; the depth is the file's, not guessed from the values.
 
     Raises:
       ImageReadError: missing, not an image, truncated or corrupt, or its header declares more
@@ -284,13 +300,13 @@ def _picture(path: pathlib.Path, image: Image.Image) -> Picture:
         notes.append(f"{path}: EXIF orientation {orientation} applied")
     if deep_png is not None:
         pixels = _orient(pixels, orientation)
-        colour, alpha = pixels[..., :3], (pixels[..., 3:] if pixels.shape[-1] == 4 else None)
+        colour, alpha = _split_alpha(pixels)
         return Picture(_unit(colour, 16), None if alpha is None else _unit(alpha, 16), 16, icc, notes)
     image = ImageOps.exif_transpose(image) if orientation != 1 else image
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image).astype(np.float64)
-        bits = 16 if mode.startswith("I;16") or values.max(initial=0) > 255 else 8
+        bits = _integer_grey_bits(path, image)
         grey = np.clip(values, 0, 2 ** bits - 1)[..., None]
         return Picture((grey / (2 ** bits - 1)).astype(np.float32), None, bits, icc, notes)
     if mode == "F":
@@ -316,11 +332,21 @@ def _unit(values: np.ndarray, bits: int) -> np.ndarray:
     return (np.asarray(values, np.float32) / np.float32(2 ** bits - 1)).astype(np.float32)
 
 
+def _split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(H, W, 1-4)`` -> (colour, alpha or None): 2 channels are grey + alpha, 4 are RGBA."""
+    colour_channels = 1 if pixels.shape[-1] <= 2 else 3
+    alpha = pixels[..., colour_channels:colour_channels + 1] if pixels.shape[-1] in (2, 4) else None
+    return pixels[..., :colour_channels], alpha
+
+
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """EXIF orientation (1-8) applied to an ``(H, W, C)`` array, as ``ImageOps.exif_transpose``."""
+    """EXIF/TIFF orientation (1-8) applied to an ``(H, W, C)`` array, as ``ImageOps.exif_transpose``.
+
+    5 is the transpose (``out[i, j] = a[j, i]``), 7 the transverse (``out[i, j] = a[H-1-j, W-1-i]``).
+    """
     ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
            5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: np.rot90(a, 1)[::-1], 8: lambda a: np.rot90(a, 1)}
+           7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1), 8: lambda a: np.rot90(a, 1)}
     return np.ascontiguousarray(ops.get(orientation, lambda a: a)(pixels))
 
 
@@ -337,6 +363,8 @@ def _read_tiff(path: pathlib.Path, max_pixels: int) -> Picture:
             icc = bytes(icc_tag.value) if icc_tag is not None else None
             notes = [f"{path}: {len(tif.pages)} pages; the first is upscaled"] if len(tif.pages) > 1 else []
             photometric = page.photometric
+            orientation_tag = page.tags.get(274)  # Orientation, the values EXIF uses
+            orientation = int(orientation_tag.value) if orientation_tag is not None else 1
     except ImageReadError:
         raise
     except (OSError, ValueError, KeyError, IndexError, struct.error, tifffile.TiffFileError) as err:
@@ -353,24 +381,35 @@ def _read_tiff(path: pathlib.Path, max_pixels: int) -> Picture:
         raise ImageReadError(path, f"unsupported TIFF sample type {pixels.dtype}; use 8 or 16 bits")
     if photometric == tifffile.PHOTOMETRIC.SEPARATED:
         raise ImageReadError(path, "CMYK TIFF; convert it to RGB first")
-    colour_channels = 1 if pixels.shape[-1] <= 2 else 3
-    colour = _unit(pixels[..., :colour_channels], bits)
-    alpha = _unit(pixels[..., colour_channels:colour_channels + 1], bits) if pixels.shape[-1] in (2, 4) else None
-    return Picture(colour, alpha, bits, icc, notes)
+    if 2 <= orientation <= 8:  # 1 is upright; other values are not orientations
+        notes.append(f"{path}: TIFF orientation {orientation} applied")
+        pixels = _orient(pixels, orientation)
+    colour, alpha = _split_alpha(pixels)
+    return Picture(_unit(colour, bits), None if alpha is None else _unit(alpha, bits), bits, icc, notes)
 
 
-def _png_deep_colour(path: pathlib.Path) -> tuple[int, int] | None:
-    """``(bit depth, colour type)`` of a 16-bit RGB or RGBA PNG (which Pillow reads at 8 bits)."""
+def _png_header(path: pathlib.Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` from a PNG's IHDR, or ``None`` if it is not a PNG."""
     with open(path, "rb") as file:
         head = file.read(33)
     if len(head) < 29 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         return None
-    depth, colour_type = head[24], head[25]
-    return (depth, colour_type) if depth == 16 and colour_type in (2, 6) else None
+    return head[24], head[25]
+
+
+_PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}  # colour type -> channels: RGB, grey + alpha, RGBA
+
+
+def _png_deep_colour(path: pathlib.Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` of a 16-bit RGB, RGBA or grey + alpha PNG (which Pillow
+    reads at 8 bits; 16-bit grey alone it reads at 16)."""
+    header = _png_header(path)
+    return header if header is not None and header[0] == 16 and header[1] in _PNG16_CHANNELS else None
 
 
 def _decode_png16(path: pathlib.Path) -> np.ndarray:
-    """uint16 ``(H, W, 3|4)`` pixels of a non-interlaced 16-bit RGB(A) PNG (the five filters)."""
+    """uint16 ``(H, W, 2|3|4)`` pixels of a non-interlaced 16-bit grey + alpha or RGB(A) PNG
+    (the five filters)."""
     data = pathlib.Path(path).read_bytes()
     offset, idat, header = 8, [], None
     while offset + 8 <= len(data):
@@ -390,7 +429,7 @@ def _decode_png16(path: pathlib.Path) -> np.ndarray:
     width, height, _, colour_type, _, _, interlace = header
     if interlace:
         raise ValueError("interlaced 16-bit colour PNGs are not supported")
-    channels = 3 if colour_type == 2 else 4
+    channels = _PNG16_CHANNELS[colour_type]
     bpp, stride = 2 * channels, 2 * channels * width
     raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
     if raw.size < height * (stride + 1):
