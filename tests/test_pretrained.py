@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -200,3 +201,17 @@ def test_shipped_model_scores_its_model_card(name, benchmark_dir, monkeypatch, t
         assert abs(scored[dataset]["psnr"] - reported[dataset]["psnr"]) <= 0.01, (dataset, scored[dataset])
         assert abs(scored[dataset]["gradient_psnr"] - reported[dataset]["gradient_psnr"]) <= 0.01, dataset
         assert abs(scored[dataset]["ssim"] - reported[dataset]["ssim"]) <= 1e-4, dataset
+
+
+# The paper's equation numbers (docs/method.md uses the same, as do the docstrings of drn_jax.losses).
+PAPER_EQUATIONS = {"pixel + gradient loss": 3, "gradient mask": 4, "GS loss": 5, "gradient-sensitive loss": 5}
+
+
+@pytest.mark.parametrize("name", zoo.available())
+def test_shipped_cards_number_the_papers_equations_right(name):
+    card = zoo.load_metadata(name).get("card", {})
+    texts = [str(card.get("notes", "")), (zoo.directory() / f"{name}.md").read_text()]
+    pattern = re.compile(r"(" + "|".join(re.escape(term) for term in PAPER_EQUATIONS) + r") of Eq\. (\d+)")
+    for text in texts:
+        for term, number in pattern.findall(text):
+            assert int(number) == PAPER_EQUATIONS[term], f"{name}: {term} of Eq. {number}"
