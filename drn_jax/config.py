@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.adam_b2 = 0.999
     config.adam_eps = 1e-8
     config.ema_decay = 0.0  # 0 turns the parameter EMA off
+    # Warm start (drn_jax.warm_start): "" (random init), a pretrained name ("x4") or a workdir,
+    # whose DRN of the same width and depth, at this scale or a lower one, gives the initial
+    # parameters. Only a run's first step uses it; a resumed run restores its checkpoint.
+    config.init_from = ""
 
     config.checkpoint_every_steps = 5000
     config.keep_checkpoints = 3

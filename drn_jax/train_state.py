@@ -63,10 +63,17 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: models.DRN,
-                       optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-    """The initial state; parameters depend only on `rng` and the model, not on devices."""
+                       optimizer: optax.GradientTransformation, rng: jax.Array,
+                       init_params: Any | None = None) -> TrainState:
+    """The initial state; parameters depend only on `rng` and the model, not on devices.
+
+    `init_params` (a params tree of the model's structure, e.g. from `drn_jax.warm_start`)
+    replaces the random parameters; the optimiser state and the EMA start from them.
+    """
     lr_size = config.data.hr_patch_size // config.scale
     params = model.init(rng, jnp.zeros((1, lr_size, lr_size, 3), jnp.float32))["params"]
+    if init_params is not None:
+        params = init_params
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

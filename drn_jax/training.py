@@ -32,7 +32,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from drn_jax import checkpointing, data, evaluation, losses, models, reporting
+from drn_jax import checkpointing, data, evaluation, losses, models, reporting, warm_start
 from drn_jax import config as config_lib
 from drn_jax.errors import ConfigError, NonFiniteLossError
 from drn_jax.model_factory import create_model
@@ -352,7 +352,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         checkpointing.check_compatible(run, config)
     local_batch = config.batch_size // num_processes
     # Restored straight into the replicated layout: every process reads the same state.
-    state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed)), mesh)
+    # A warm start (config.init_from) gives the first step's parameters; a checkpoint wins over it.
+    init_params = (warm_start.initial_params(config, model)
+                   if config.init_from and checkpointer.latest_step() is None else None)
+    state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed),
+                                         init_params), mesh)
     state, data_position = checkpointer.restore_or(state)
     start_step = int(state.step)
 
