@@ -19,11 +19,12 @@ What a file holds is kept (:func:`drn_jax.image_io.read_picture`):
   bleed into the visible edges.
 * **Depth and greyscale.** A 16-bit PNG or TIFF is fed to the network at 16 bits and written at
   16 bits; a greyscale file comes out greyscale (the mean of the network's three channels).
-* **Orientation and colour profile.** EXIF orientation is applied; the ICC profile is embedded
-  in the output.
+* **Orientation and colour profile.** EXIF orientation (or a TIFF's Orientation tag) is applied;
+  the ICC profile is embedded in the output.
 
-``--outscale`` sets any final factor: the model's scale, then the project's bicubic to the
-``round(outscale · size)`` (that last resize holds the whole output in float64). ``--format``
+``--outscale`` sets any final factor: the model's scale, then the project's bicubic to
+``floor(outscale · size + 0.5)`` per side, halves rounded up (:func:`outscale_size`; that last
+resize holds the whole output in float64). ``--format``
 and ``--quality`` choose the file type; ``--dtype=bfloat16`` runs the network in bfloat16 (for
 accelerators). An existing output is kept unless ``--overwrite``.
 
@@ -37,6 +38,7 @@ no inputs).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -54,7 +56,7 @@ from drn_jax.errors import ImageReadError, one_line
 from drn_jax.resize import imresize_host
 from drn_jax.rundir import DEFAULT_WORKDIR
 
-__all__ = ["define_flags", "fill_transparent", "main", "run", "upscale_picture"]
+__all__ = ["define_flags", "fill_transparent", "main", "outscale_size", "run", "upscale_picture"]
 
 DEFAULT_TILE = 256
 BICUBIC_RADIUS = 2  # LR pixels the bicubic kernel reads on each side when enlarging
@@ -74,7 +76,8 @@ def define_flags(values: flags.FlagValues) -> None:
                       "the network, or MATLAB bicubic as a baseline", flag_values=values)
     flags.DEFINE_integer("scale", None, "upscaling factor (bicubic only; a model has its own)", flag_values=values)
     flags.DEFINE_float("outscale", None, "final factor, any positive number (default: the scale): the "
-                       "model's scale, then bicubic", lower_bound=0.0, flag_values=values)
+                       "model's scale, then bicubic to floor(outscale * side + 0.5) pixels per side "
+                       "(halves round up; at least 1)", lower_bound=0.0, flag_values=values)
     flags.DEFINE_enum("alpha", "bicubic", ["bicubic", "network"],
                       "how the alpha channel is upscaled", flag_values=values)
     flags.DEFINE_enum("format", "png", list(image_io.OUTPUT_FORMATS), "output file type", flag_values=values)
@@ -148,6 +151,15 @@ def _bicubic_predict(scale: int):
     return predict
 
 
+def outscale_size(height: int, width: int, outscale: float) -> tuple[int, int]:
+    """``--outscale``'s output size: each side ``floor(side · outscale + 0.5)``, at least 1.
+
+    Halves round up (21 × 2.5 gives 53 and 19 × 2.5 gives 48), not to even as Python's
+    ``round`` does; ``side · outscale`` is the float64 product.
+    """
+    return max(1, math.floor(height * outscale + 0.5)), max(1, math.floor(width * outscale + 0.5))
+
+
 def upscale_picture(picture: image_io.Picture, colour: inference.Upscaler, *, alpha_mode: str = "bicubic",
                     outscale: float | None = None) -> np.ndarray:
     """The upscaled picture as uint8/uint16 ``(H', W', C)`` pixels at the picture's bit depth.
@@ -157,7 +169,7 @@ def upscale_picture(picture: image_io.Picture, colour: inference.Upscaler, *, al
     the alpha goes through ``colour`` too with ``alpha_mode="network"``, else through the
     project's bicubic in the same tiles (tiled bicubic equals whole-image bicubic: its border
     rule is the mirror the tiles are padded with). ``outscale`` (default: ``colour.scale``)
-    resizes both with the bicubic afterwards, to ``round(outscale · (H, W))``.
+    resizes both with the bicubic afterwards, to :func:`outscale_size` of ``(H, W)``.
 
     Fully transparent pixels' colour is first filled from their visible neighbours
     (:func:`fill_transparent`).
@@ -171,7 +183,7 @@ def upscale_picture(picture: image_io.Picture, colour: inference.Upscaler, *, al
         rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
         if final is None:
             return upscaler.upscale_to(rgb, bits, grey=grey)
-        size = (max(1, round(height * final)), max(1, round(width * final)))
+        size = outscale_size(height, width, final)
         enlarged = imresize_host(upscaler.upscale_to(rgb, None, grey=grey), output_size=size)
         return inference.to_bits(enlarged, bits)
 

@@ -191,6 +191,20 @@ def test_exif_orientation_icc_outscale_and_formats(tmp_path, capsys):
     assert status == 0 and (tmp_path / "of" / "ramp_x4.jpg").read_bytes() != before
 
 
+def test_outscale_sizes_round_half_up(tmp_path, capsys):
+    # 21 × 2.5 = 52.5 and 19 × 2.5 = 47.5: half up gives 53 and 48 (Python's round: 52 and 48).
+    Image.fromarray(np.full((21, 19, 3), 128, np.uint8)).save(tmp_path / "odd.png")
+    status, err = run([tmp_path / "odd.png", "--output_dir", tmp_path / "out", "--method=bicubic",
+                       "--scale=2", "--outscale=2.5"], capsys)
+    assert status == 0, err
+    assert Image.open(tmp_path / "out" / "odd_x2.5.png").size == (48, 53)  # (width, height)
+    picture = image_io.read_picture(tmp_path / "odd.png")
+    bicubic = inference.make_upscaler(lambda batch: upscale.imresize_host(batch, 2), 2)
+    for outscale, want in ((2.5, (53, 48)), (1.5, (32, 29)), (0.01, (1, 1)), (3.0, (63, 57))):
+        assert upscale.upscale_picture(picture, bicubic, outscale=outscale).shape[:2] == want, outscale
+        assert upscale.outscale_size(21, 19, outscale) == want, outscale
+
+
 def test_tiles_over_eight_devices_equal_one_device_and_untiled():
     model, variables = tiny_model()
     assert len(jax.devices()) == 8
