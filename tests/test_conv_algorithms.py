@@ -81,13 +81,32 @@ def test_conv3x3_rejects_an_unknown_algorithm():
         ops.conv3x3(x, kernel, algorithm="direct")
 
 
+def pytorch_conv_stride2(x, kernel, bias):
+    """``torch.nn.Conv2d(stride=2, padding=1)`` written out: one zero pixel on every side, output
+    pixel ``(i, j)`` the 3×3 window whose top-left is padded pixel ``(2i, 2j)``; float64 loops."""
+    x, kernel, bias = (np.asarray(a, np.float64) for a in (x, kernel, bias))
+    batch, height, width, _ = x.shape
+    padded = np.zeros((batch, height + 2, width + 2, x.shape[-1]))
+    padded[:, 1:-1, 1:-1] = x
+    out_h, out_w = (height + 2 - 3) // 2 + 1, (width + 2 - 3) // 2 + 1
+    out = np.zeros((batch, out_h, out_w, kernel.shape[-1]))
+    for i in range(out_h):
+        for j in range(out_w):
+            for dy in range(3):
+                for dx in range(3):
+                    out[:, i, j] += padded[:, 2 * i + dy, 2 * j + dx] @ kernel[dy, dx]
+    return out + bias
+
+
 def test_conv3x3_stride2_pads_like_pytorch():
+    # Width 8 is even: "SAME" padding would pad (0, 1) there and shift every output column.
     x, kernel, bias = operands(3, 16, 7, 8)
-    y = ops.conv3x3(x, kernel, bias, stride=2, algorithm="auto")
-    expected = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
-    assert y.shape == (2, 4, 4, 16)
-    np.testing.assert_array_equal(y, expected)
+    expected = pytorch_conv_stride2(x, kernel, bias)
+    assert expected.shape == (2, 4, 4, 16)
+    for algorithm in ("auto", "winograd", "xla"):
+        y = ops.conv3x3(x, kernel, bias, stride=2, algorithm=algorithm)
+        assert y.shape == (2, 4, 4, 16)
+        np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5, err_msg=algorithm)
 
 
 def test_drn_outputs_do_not_depend_on_the_algorithm():
