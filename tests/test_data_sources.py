@@ -33,9 +33,37 @@ def _coordinate_image(height: int, width: int, ident: int) -> np.ndarray:
 
 
 def _transforms(crop: np.ndarray) -> list[np.ndarray]:
-    """The 8 dihedral transforms of an (H, W, C) array."""
-    rotations = [np.rot90(crop, k) for k in range(4)]
-    return rotations + [r[:, ::-1] for r in rotations]
+    """The 8 dihedral transforms of an (H, W, C) array, by number, each written out as flips and
+    a transpose (``crops.dihedral``'s t: t % 4 quarter turns counter-clockwise, then a left-right
+    flip when t >= 4; `test_dihedral_by_hand` has the values on a 2×3 image)."""
+    transpose = np.swapaxes(crop, 0, 1)
+    return [
+        crop,                    # 0: identity
+        transpose[::-1],         # 1: a quarter turn counter-clockwise
+        crop[::-1, ::-1],        # 2: a half turn
+        transpose[:, ::-1],      # 3: a quarter turn clockwise
+        crop[:, ::-1],           # 4: mirrored left-right
+        transpose[::-1, ::-1],   # 5: the transverse (anti-diagonal mirror)
+        crop[::-1],              # 6: mirrored top-bottom
+        transpose,               # 7: the transpose (main-diagonal mirror)
+    ]
+
+
+def test_dihedral_by_hand():
+    image = np.array([[1, 2, 3], [4, 5, 6]])
+    expected = [
+        [[1, 2, 3], [4, 5, 6]],
+        [[3, 6], [2, 5], [1, 4]],
+        [[6, 5, 4], [3, 2, 1]],
+        [[4, 1], [5, 2], [6, 3]],
+        [[3, 2, 1], [6, 5, 4]],
+        [[6, 3], [5, 2], [4, 1]],
+        [[4, 5, 6], [1, 2, 3]],
+        [[1, 4], [2, 5], [3, 6]],
+    ]
+    for transform, want in enumerate(expected):
+        np.testing.assert_array_equal(crops.dihedral(image, transform), want, err_msg=str(transform))
+        np.testing.assert_array_equal(_transforms(image)[transform], want, err_msg=str(transform))
 
 
 def _take(dataset, count: int) -> list[dict]:
