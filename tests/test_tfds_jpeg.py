@@ -4,6 +4,7 @@ epoch order, a corrupt record, and the device prefetch of the training loop."""
 import io
 import itertools
 import logging
+import time
 
 import jax
 import numpy as np
@@ -246,10 +247,21 @@ def test_prefetch_to_mesh_keeps_batches_and_order():
     windows = np.random.default_rng(0).integers(0, 256, (2, devices, 4, 4, 3), dtype=np.uint8)
     local += [{"hr": w, "transform": (np.arange(devices, dtype=np.int32) + 3 * i) % 8,
                "position": np.arange(devices) + 5 + i} for i, w in enumerate(windows)]
-    out = list(training.prefetch_to_mesh(iter(local), mesh, depth=2))
+    # The source sleeps a known time before batches 2 and 5 alone: the wait reported with
+    # each is at least its own sleep (a wait given to a neighbour, or none, would be ~0).
+    sleeps = {2: 0.05, 5: 0.08}
+
+    def slow_source():
+        for i, batch in enumerate(local):
+            time.sleep(sleeps.get(i, 0.0))
+            yield batch
+
+    out = list(training.prefetch_to_mesh(slow_source(), mesh, depth=2))
     assert len(out) == 7
     for i, (batch, hr, waited) in enumerate(out):
-        assert batch is local[i] and waited >= 0.0
+        assert batch is local[i]
+        if i in sleeps:
+            assert waited >= sleeps[i], (i, waited)
         assert isinstance(hr, jax.Array) and len(hr.sharding.device_set) == devices
         expected = local[i]["hr"]
         if "transform" in batch:
