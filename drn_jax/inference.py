@@ -14,18 +14,21 @@ when tiled, bounded memory:
   convolution: the padding then changes no output value, and the bucketed output equals the
   unpadded run's to float rounding. A plain predict function gets mirror padding instead (it
   cannot be told where the image ends).
-* **Tiles** (``tile=T``). Images larger than ``T×T`` LR pixels run as fixed ``T×T`` tiles (one
-  compilation; memory set by ``T``, not by the image). Each tile keeps ``tile_overlap`` LR pixels
-  of context on every side that touches another tile and only its inner part is used; with
-  ``tile_overlap >= receptive_field_radius(model)`` the result equals the untiled run exactly (to
-  float rounding), because every used output pixel then sees the same inputs as in the whole
-  image. Tiles that reach the image border see the real border. Images that fit in one tile take
-  the bucket path (bucket capped at ``T``); a side shorter than ``T`` in a larger image is
-  padded to ``T`` as above. Tiles go ``batch_size`` to a network call, which a
-  :class:`ModelRunner` can split over several devices; the result is the same.
+* **Tiles** (``tile=T``). Every image runs as tiles of at most ``T²`` LR pixels (memory set by
+  ``T``, not by the image), planned by :func:`plan_tiles`: the grid of equal tiles that computes
+  the fewest pixels, overlap and padding included, with sides rounded up to multiples of 16 so
+  that images of similar sizes share one compilation (a 481×321 photo at ``T = 256`` with 21
+  pixels of overlap: 3 tiles of 336×192, 1.25× its pixels). Each tile keeps ``tile_overlap`` LR
+  pixels of context on every side that touches another tile and only its inner part is used;
+  with ``tile_overlap >= receptive_field_radius(model)`` the result equals the untiled run
+  exactly (to float rounding), because every used output pixel then sees the same inputs as in
+  the whole image. Tiles that reach the image border see the real border; a tile longer than
+  the image along an axis is padded there as above. Tiles go ``batch_size`` to a network call,
+  which a :class:`ModelRunner` can split over several devices; the result is the same.
 * **Self-ensemble** (``self_ensemble=True``): the 8 flips/rotations of the dihedral group are
   run, each output transformed back, and the 8 averaged in float before rounding (Lim et al.,
-  EDSR+). It runs per bucket or per tile, and both are square, so it adds no compilation.
+  EDSR+). It runs per bucket or per tile, both square (tiles are planned square for it), so it
+  adds no compilation.
 
 Float network outputs are clipped to ``[0, 1]`` and rounded by :func:`to_bits` only (8 bits:
 :func:`to_uint8`; 16 bits for 16-bit files, through :meth:`Upscaler.upscale_to`).
@@ -34,6 +37,7 @@ Float network outputs are clipped to ``[0, 1]`` and rounded by :func:`to_bits` o
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,10 +52,12 @@ from drn_jax.resize import imresize_host
 __all__ = [
     "BicubicUpscaler",
     "ModelRunner",
+    "TilePlan",
     "Upscaler",
     "bucket_size",
     "dihedral_transforms",
     "make_upscaler",
+    "plan_tiles",
     "receptive_field_radius",
     "tile_spans",
     "to_bits",
@@ -170,29 +176,132 @@ def bucket_size(side: int) -> int:
     return next(size for size in _bucket_sides(side) if size >= side)
 
 
-def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
-    """Covers ``[0, length)`` with tiles of ``tile`` pixels along one axis.
+TILE_GRANULARITIES = (16, 8, 4, 2, 1)
+"""Tile sides are multiples of the first of these whose plan is within :data:`MAX_TILE_WORK`."""
+MAX_TILE_WORK = 1.3
+"""Tiles (overlap and padding included) may hold this many times the image's pixels, or
+(small images) a quarter of the tile budget more, before finer tile sides are tried."""
 
-    Returns ``(start, lo, hi)`` per tile: the tile reads ``[start, start + tile)`` and supplies
-    the output for ``[lo, hi)``. Inner tile edges keep ``overlap`` pixels of context that are
-    computed but not used; edges on the image border use everything (the border there is the
-    real one). The used ranges partition ``[0, length)``. Requires ``length >= tile``.
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """How :class:`Upscaler` cuts one image into tiles of one shape.
+
+    Attributes:
+      shape: ``(height, width)`` of every tile, in LR pixels; a tile that reaches past the
+        image (a side shorter than a tile) is padded.
+      rows: :func:`tile_spans` of the image's height for tiles of ``shape[0]`` pixels.
+      cols: the same along the width.
     """
+
+    shape: tuple[int, int]
+    rows: tuple[tuple[int, int, int], ...]
+    cols: tuple[tuple[int, int, int], ...]
+
+    @property
+    def count(self) -> int:
+        """Number of tiles."""
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def work(self) -> int:
+        """LR pixels the network computes: tiles × tile area (overlap and padding included)."""
+        return self.count * self.shape[0] * self.shape[1]
+
+
+def _tile_side(length: int, count: int, overlap: int, granularity: int) -> int:
+    """The shortest multiple of `granularity` whose `count` tiles cover `length` with
+    `overlap` pixels of context on each inner side: ``count·t - 2·overlap·(count - 1) >= length``."""
+    needed = length if count == 1 else -(-(length + 2 * overlap * (count - 1)) // count)
+    return -(-needed // granularity) * granularity
+
+
+def _best_grid(height: int, width: int, area: int, overlap: int, granularity: int,
+               square: bool) -> tuple[int, tuple[int, int]] | None:
+    """(work, tile shape) of the least-work grid of equal tiles with sides multiples of
+    `granularity` and at most `area` pixels each (ties: fewer tiles), or None if none fits."""
+    best: tuple[int, int, tuple[int, int]] | None = None  # (work, tiles, shape)
+    floor = 2 * overlap + 1  # the thinnest tile that still supplies a pixel between two others
+    for rows in range(1, height + 1):
+        if best is not None and (height + 2 * overlap * (rows - 1)) * width >= best[0]:
+            break  # more rows only add overlap
+        tile_h = _tile_side(height, rows, overlap, granularity)
+        if rows > 1 and tile_h < floor:
+            break
+        widest = math.isqrt(area) if square else area // tile_h
+        if tile_h > widest and square:
+            continue
+        # The fewest columns whose tiles are at most `widest` wide: more only add overlap.
+        cols = 1
+        if _tile_side(width, 1, overlap, granularity) > widest:
+            if width <= 2 * overlap or _tile_side(floor, 1, overlap, granularity) > widest:
+                continue  # no column count fits beside tiles this tall
+            cols = max(2, -(-(width - 2 * overlap) // (widest - 2 * overlap)) - 1)
+            while _tile_side(width, cols, overlap, granularity) > widest:
+                cols += 1
+        tile_w = _tile_side(width, cols, overlap, granularity)
+        shape = (max(tile_h, tile_w),) * 2 if square else (tile_h, tile_w)
+        work = rows * cols * shape[0] * shape[1]
+        if best is None or (work, rows * cols) < best[:2]:
+            best = (work, rows * cols, shape)
+    return None if best is None else (best[0], best[2])
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, *, square: bool = False) -> TilePlan:
+    """The tiles :class:`Upscaler` cuts an ``height × width`` image into, at most ``tile²`` LR
+    pixels each, with ``overlap`` pixels of context on every inner side.
+
+    The budget is an area: tiles need not be square (``square=True`` makes them so, for the
+    self-ensemble, whose rotations must keep the shape). Every tile of an image has one shape,
+    and its sides are multiples of 16, so images of similar sizes share compilations. Among
+    the grids whose tiles fit the budget, the one that computes the fewest pixels is taken
+    (ties: fewer tiles); its tiles are spread evenly (:func:`tile_spans`). Should rounding the
+    sides to 16 cost more than :data:`MAX_TILE_WORK` times the image's pixels (or, for small
+    images, more than a quarter of the budget), multiples of 8, 4, 2, then 1 are tried.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"the image must have pixels; got {height}×{width}")
     if tile <= 2 * overlap:
         raise ValueError(
             f"tile={tile} must be larger than 2 * tile_overlap = {2 * overlap}; "
             "use a larger --tile or a smaller --tile_overlap")
+    pixels, area = height * width, tile * tile
+    grids = {granularity: _best_grid(height, width, area, overlap, granularity, square)
+             for granularity in TILE_GRANULARITIES}
+    finest = grids[1]
+    assert finest is not None  # sides of any length fit: tile > 2·overlap
+    # Finer sides only where they save work: not for a small image, where another compilation
+    # costs more, nor for a huge one, whose overlap alone exceeds the limit (then within 5%).
+    allowed = max(MAX_TILE_WORK * pixels, pixels + area // 4)
+    if finest[0] > allowed:
+        allowed = 1.05 * finest[0]
+    _, (tile_h, tile_w) = next(grid for grid in grids.values() if grid is not None and grid[0] <= allowed)
+    return TilePlan((tile_h, tile_w), tuple(tile_spans(max(height, tile_h), tile_h, overlap)),
+                    tuple(tile_spans(max(width, tile_w), tile_w, overlap)))
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Covers ``[0, length)`` with the fewest tiles of ``tile`` pixels along one axis, evenly spread.
+
+    Returns ``(start, lo, hi)`` per tile: the tile reads ``[start, start + tile)`` and supplies
+    the output for ``[lo, hi)``. Inner tile edges keep at least ``overlap`` pixels of context
+    that are computed but not used (each boundary sits in the middle of two tiles' common
+    part); edges on the image border use everything (the border there is the real one). The
+    used ranges partition ``[0, length)``. Requires ``length >= tile``, and
+    ``tile > 2·overlap`` unless one tile covers the axis.
+    """
     if length < tile:
         raise ValueError(f"length {length} is shorter than one tile ({tile})")
-    step = tile - 2 * overlap
-    count = math.ceil((length - tile) / step) + 1
-    starts = [min(k * step, length - tile) for k in range(count)]
-    spans, done = [], 0
-    for index, start in enumerate(starts):
-        usable_hi = length if index == count - 1 else start + tile - overlap
-        spans.append((start, done, usable_hi))
-        done = usable_hi
-    return spans
+    if length > tile and tile <= 2 * overlap:
+        raise ValueError(
+            f"tile={tile} must be larger than 2 * tile_overlap = {2 * overlap}; "
+            "use a larger --tile or a smaller --tile_overlap")
+    gaps = math.ceil((length - tile) / (tile - 2 * overlap)) if length > tile else 0
+    # Consecutive starts differ by floor or ceil of (length - tile) / gaps <= tile - 2·overlap,
+    # so neighbours share at least 2·overlap pixels.
+    starts = [k * (length - tile) // gaps if gaps else 0 for k in range(gaps + 1)]
+    ends = [(start + following + tile) // 2 for start, following in zip(starts, starts[1:])] + [length]
+    return [(start, lo, hi) for start, lo, hi in zip(starts, [0, *ends[:-1]], ends)]
 
 
 def dihedral_transforms() -> list[tuple[ArrayMap, ArrayMap]]:
@@ -302,7 +411,8 @@ class Upscaler:
 
     Attributes:
       scale: the upscaling factor.
-      tile: tile side in LR pixels, or ``None`` for whole images padded to a size bucket.
+      tile: the tile budget: tiles of at most ``tile²`` LR pixels (:func:`plan_tiles`), or
+        ``None`` for whole images padded to a size bucket.
       tile_overlap: LR pixels of context kept around each tile's used part.
       self_ensemble: average the 8 dihedral transforms.
       batch_size: blocks (tiles, or transforms of one for the self-ensemble) per network call;
@@ -371,32 +481,36 @@ class Upscaler:
         x = _to_float(lr)
         height, width = x.shape[:2]
         s = self.scale
-        if self.tile is None or (height <= self.tile and width <= self.tile):
+        if self.tile is None:
             side = bucket_size(max(height, width))
-            if self.tile is not None:
-                side = min(side, self.tile)
-            (output,) = self._outputs([x], side)
+            (output,) = self._outputs([x], (side, side))
             return finish(output)
 
-        tile = self.tile
-        rows = tile_spans(max(height, tile), tile, self.tile_overlap)
-        cols = tile_spans(max(width, tile), tile, self.tile_overlap)
+        plan = self.plan(height, width)
+        tile_h, tile_w = plan.shape
         # Each tile reads [start, start + tile) of the image (less where a side is shorter
         # than a tile) and supplies the output for [lo, hi).
         placements = [(top, min(row_hi, height), row_lo, left, min(col_hi, width), col_lo)
-                      for top, row_lo, row_hi in rows for left, col_lo, col_hi in cols]
-        blocks = (x[top: top + tile, left: left + tile] for top, _, _, left, _, _ in placements)
+                      for top, row_lo, row_hi in plan.rows for left, col_lo, col_hi in plan.cols]
+        blocks = (x[top: top + tile_h, left: left + tile_w] for top, _, _, left, _, _ in placements)
         out = np.empty((height * s, width * s, channels), dtype)
         for (top, row_hi, row_lo, left, col_hi, col_lo), block in zip(
-                placements, self._outputs(blocks, tile)):
+                placements, self._outputs(blocks, plan.shape)):
             out[row_lo * s: row_hi * s, col_lo * s: col_hi * s] = finish(block[
                 (row_lo - top) * s: (row_hi - top) * s, (col_lo - left) * s: (col_hi - left) * s])
         return out
 
-    def _outputs(self, blocks: Iterable[np.ndarray], side: int) -> Iterator[np.ndarray]:
+    def plan(self, height: int, width: int) -> TilePlan:
+        """The tiles of an ``height × width`` image (:func:`plan_tiles`; square with the
+        self-ensemble, whose rotations must keep a tile's shape). Requires ``tile``."""
+        if self.tile is None:
+            raise ValueError("an upscaler without tiles has no tile plan")
+        return plan_tiles(height, width, self.tile, self.tile_overlap, square=self.self_ensemble)
+
+    def _outputs(self, blocks: Iterable[np.ndarray], shape: tuple[int, int]) -> Iterator[np.ndarray]:
         """The float ``(h·s, w·s, 3)`` network output of each ``(h, w, 3)`` block, in order.
 
-        Blocks (``h, w <= side``) are padded to ``side × side`` and sent ``batch_size`` at a
+        Blocks (``h, w`` at most ``shape``) are padded to ``shape`` and sent ``batch_size`` at a
         time; with the self-ensemble each block is 8 entries (its dihedral transforms, each
         transformed before padding, so that the padding stays at the bottom and right) whose
         outputs are transformed back and averaged. Lazy: only one batch of blocks is held.
@@ -407,7 +521,7 @@ class Upscaler:
         order: collections.deque[int] = collections.deque()
 
         def run() -> None:
-            outputs = self._network([entry for entry, *_ in entries], [size for _, size, *_ in entries], side)
+            outputs = self._network([entry for entry, *_ in entries], [size for _, size, *_ in entries], shape)
             for output, (_, (h, w), index, inverse) in zip(outputs, entries):
                 output = inverse(output[None, : h * self.scale, : w * self.scale])[0]
                 total = totals[index]
@@ -433,21 +547,22 @@ class Upscaler:
             run()
         yield from finished()
 
-    def _network(self, blocks: list[np.ndarray], sizes: list[tuple[int, int]], side: int
+    def _network(self, blocks: list[np.ndarray], sizes: list[tuple[int, int]], shape: tuple[int, int]
                  ) -> np.ndarray:
-        """Runs one batch: blocks padded to ``side``, the batch filled up to ``batch_size``."""
+        """Runs one batch: blocks padded to ``shape``, the batch filled up to ``batch_size``."""
         count = self.batch_size
-        batch = np.zeros((count, side, side, 3), np.float32)
+        height, width = shape
+        batch = np.zeros((count, height, width, 3), np.float32)
         valid = np.zeros((count, 2), np.int32)
         for k, (block, size) in enumerate(zip(blocks, sizes)):
-            batch[k] = block if block.shape[:2] == (side, side) else (
-                _pad_to(block, side, side, "constant" if self.takes_sizes else "symmetric"))
+            batch[k] = block if block.shape[:2] == (height, width) else (
+                _pad_to(block, height, width, "constant" if self.takes_sizes else "symmetric"))
             valid[k] = size
         if batch.shape not in self.shapes:
             self.shapes.append(batch.shape)
         output = self._predict(batch, valid) if self.takes_sizes else self._predict(batch)
         output = np.asarray(output, dtype=np.float32)
-        expected = (count, side * self.scale, side * self.scale, 3)
+        expected = (count, height * self.scale, width * self.scale, 3)
         if output.shape != expected:
             raise ValueError(f"the network returned shape {output.shape} for input {batch.shape}; "
                              f"expected {expected} at scale {self.scale}")
@@ -503,7 +618,8 @@ def make_upscaler(predict: models.DRN | ModelRunner | PredictFn, scale: int | No
         to ``(B, h·s, w·s, 3)`` (called as is; jit it yourself if it should be compiled).
       scale: the factor; defaults to the model's.
       variables: the model's variables (required with a model).
-      tile: tile side in LR pixels, or ``None`` to run whole images padded to size buckets.
+      tile: the tile budget, tiles of at most ``tile²`` LR pixels (:func:`plan_tiles`), or
+        ``None`` to run whole images padded to size buckets.
       tile_overlap: context per tile side; defaults to the model's receptive-field radius
         (exact tiling). Required for a plain function when ``tile`` is set.
       self_ensemble: average the 8 flips/rotations.
