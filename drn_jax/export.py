@@ -14,7 +14,8 @@ convolution is one op that every target maps to its own native convolution (Stab
 not clipped, as ``DRN.upscale``. An 8-bit image is ``floor(clip(y, 0, 1)·255 + 0.5)``
 (:func:`drn_jax.inference.to_uint8`). The SavedModel and the TFLite model also take uint8
 images: their ``serving_default`` signature maps uint8 to uint8 with that rounding in the graph,
-and ``serving_float`` is the float one.
+bit for bit ``to_uint8(serving_float(x / 255))`` with ``x / 255`` in float32 as drn_jax converts
+(:func:`predict_uint8`), and ``serving_float`` is the float one.
 
 **Formats** (:data:`FORMATS`: one writer and one loader each, and a registry line):
 
@@ -107,17 +108,29 @@ def predict_float(loaded: loading.LoadedModel) -> Callable[[jax.Array], jax.Arra
     return upscale
 
 
+# uint8 -> float32 as drn_jax converts on the host (``x / 255`` in float32, correctly rounded),
+# as a 256-entry table the graph looks up: compilers rewrite a division by a constant into a
+# multiplication by its reciprocal (XLA:CPU does), 6e-8 off for 126 of the 256 levels, which moves
+# an output that lands next to a rounding boundary to the other side.
+_UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def predict_uint8(loaded: loading.LoadedModel) -> Callable[[jax.Array], jax.Array]:
     """uint8 ``(B, H, W, 3)`` -> uint8 ``(B, H·s, W·s, 3)``: :func:`predict_float` between
-    ``/255`` and :func:`drn_jax.inference.to_uint8`'s rounding, as drn-upscale does in NumPy.
+    drn_jax's uint8 -> float and :func:`drn_jax.inference.to_uint8`'s rounding, as drn-upscale
+    does in NumPy, bit for bit.
 
-    The same float32 operations in the same order (divide; clip, ×255, ``floor(x + 0.5)``), so
-    the graph rounds exactly as ``inference.to_uint8`` does (the parity tests compare them).
+    The input is looked up in the host's ``x / 255`` values (a division in the graph would be
+    compiled to a multiplication by 1/255, not bit-equal). The rounding is ``to_uint8``'s float32
+    operations in its order (clip, ×255, ``+ 0.5``, floor), exact in any IEEE runtime (``floor``
+    of a fused multiply-add gives the same integers). tests/test_export.py checks each uint8
+    signature equals its float signature rounded by ``to_uint8``.
     """
     upscale = predict_float(loaded)
+    table = jnp.asarray(_UINT8_TO_FLOAT)
 
     def upscale_uint8(x: jax.Array) -> jax.Array:
-        y = upscale(x.astype(jnp.float32) / jnp.float32(255.0))
+        y = upscale(table.at[x].get(mode="promise_in_bounds"))  # a uint8 index is always in bounds
         scaled = jnp.clip(y, 0.0, 1.0) * jnp.float32(255.0)
         return jnp.floor(scaled + jnp.float32(0.5)).astype(jnp.uint8)
 

@@ -111,6 +111,38 @@ def test_the_uint8_signatures_round_as_drn_jax(exports, set5, reference):
     _check_parity(got, reference[SIZES[1]], hr, "tflite uint8")
 
 
+def _every_level() -> np.ndarray:
+    """uint8 (1, 16, 16, 3): each of the 256 levels once per channel (in a different order in each)."""
+    levels = np.arange(256, dtype=np.uint8)
+    return np.stack([levels, levels[::-1], np.roll(levels, 85)], axis=-1).reshape(1, 16, 16, 3)
+
+
+def test_the_uint8_signatures_are_their_float_signature_rounded_by_drn_jax(exports, set5):
+    """Bit for bit: within one artifact the uint8 graph is the float graph between drn_jax's
+    uint8 -> float (``x / 255`` in float32) and ``inference.to_uint8``. (MAX_LEVELS is for a
+    different convolution, drn_jax's Winograd; here there is nothing to tolerate.)"""
+    import tensorflow as tf
+
+    inputs = [lr for lr, _ in set5.values()] + [_every_level()]
+    model = tf.saved_model.load(str(exports["saved_model"] / "saved_model"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(exports["tflite"] / "model.tflite"))
+    runners = {
+        "saved_model": {key: (lambda x, s=model.signatures[key]: next(iter(s(image=tf.constant(x)).values())).numpy())
+                        for key in ("serving_default", "serving_float")},
+        "tflite": {key: (lambda x, r=interpreter.get_signature_runner(key): next(iter(r(image=x).values())))
+                   for key in ("serving_default", "serving_float")},
+    }
+    for name, signatures in runners.items():
+        for lr in inputs:
+            got = signatures["serving_default"](lr)
+            want = inference.to_uint8(signatures["serving_float"](_float(lr)))
+            assert got.dtype == np.uint8 and got.shape == want.shape, (name, got.dtype, got.shape)
+            differ = int(np.count_nonzero(got != want))
+            assert differ == 0, f"{name} {lr.shape}: {differ} of {got.size} values differ from the float signature rounded"
+
+
 def test_artifacts_have_symbolic_batch_height_and_width(exports):
     import jax
     import onnxruntime
