@@ -289,13 +289,13 @@ def _picture(path: pathlib.Path, image: Image.Image) -> Picture:
         notes.append(f"{path}: animated ({image.n_frames} frames); the first frame is upscaled")
         image.seek(0)
     icc = image.info.get("icc_profile") or None
+    # Before load: Pillow's TIFF loader applies the Orientation tag itself and then drops it
+    # (exif_transpose below then finds nothing more to do).
+    orientation = image.getexif().get(0x0112, 1)
     deep_png = _png_deep_colour(path) if image.format == "PNG" else None
     if deep_png is not None:
         pixels = _decode_png16(path)  # Pillow decodes 16-bit colour PNGs at 8 bits
-        image.load()
-    else:
-        image.load()
-    orientation = image.getexif().get(0x0112, 1)
+    image.load()
     if orientation != 1:
         notes.append(f"{path}: EXIF orientation {orientation} applied")
     if deep_png is not None:

@@ -79,10 +79,13 @@ def test_tiff_orientation_tag_at_8_and_16_bits(tmp_path, orientation):
     Image.fromarray(pixels8).save(tmp_path / "p8.tif", tiffinfo={274: orientation})
     with Image.open(tmp_path / "p8.tif") as image:
         np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(image)), UPRIGHT[orientation](pixels8))
-    picture = image_io.read_picture(tmp_path / "p8.tif")
-    assert picture.bits == 8
-    np.testing.assert_array_equal(np.round(picture.colour * 255).astype(np.uint8), UPRIGHT[orientation](pixels8))
-    assert any(f"orientation {orientation} applied" in note for note in picture.notes) == (orientation != 1)
+    # Read by tifffile (a TIFF suffix), and by Pillow (the same bytes under another name).
+    (tmp_path / "p8.img").write_bytes((tmp_path / "p8.tif").read_bytes())
+    for name in ("p8.tif", "p8.img"):
+        picture = image_io.read_picture(tmp_path / name)
+        assert picture.bits == 8
+        np.testing.assert_array_equal(np.round(picture.colour * 255).astype(np.uint8), UPRIGHT[orientation](pixels8))
+        assert any(f"orientation {orientation} applied" in note for note in picture.notes) == (orientation != 1)
 
     # 16 bits with alpha, written by tifffile.
     pixels16 = _pixels(np.uint16, channels=4, seed=2)
