@@ -140,7 +140,7 @@ def test_the_uint8_signatures_are_their_float_signature_rounded_by_drn_jax(expor
             want = inference.to_uint8(signatures["serving_float"](_float(lr)))
             assert got.dtype == np.uint8 and got.shape == want.shape, (name, got.dtype, got.shape)
             differ = int(np.count_nonzero(got != want))
-            assert differ == 0, f"{name} {lr.shape}: {differ} of {got.size} values differ from the float signature rounded"
+            assert differ == 0, f"{name} {lr.shape}: {differ} of {got.size} values differ from serving_float's"
 
 
 def test_artifacts_have_symbolic_batch_height_and_width(exports):
