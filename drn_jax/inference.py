@@ -393,6 +393,30 @@ class ModelRunner:
             batch, sizes = jax.device_put(batch, self.devices[0]), jax.device_put(sizes, self.devices[0])
         return np.asarray(self._apply(self._place(variables), batch, sizes))
 
+    def lower(self, variables: Any, batch_shape: tuple[int, int, int, int]) -> jax.stages.Lowered:
+        """The program :meth:`__call__` runs for a float32 ``batch_shape`` batch, lowered, placed
+        as ``__call__`` places its arguments, for ahead-of-time compilation (``.compile()``).
+
+        ``variables`` may be ``jax.ShapeDtypeStruct``s: nothing is computed or copied, so the
+        runner's devices may be ones this process cannot run on, such as those of a TPU topology
+        described on a CPU host (benchmarks/tpu_aot.py).
+        """
+        if self._mesh is not None:
+            replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+            split = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec(TILE_AXIS))
+        else:
+            replicated = split = (jax.sharding.SingleDeviceSharding(self.devices[0]) if self.devices else None)
+
+        def abstract(leaf: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+        if batch_shape[0] % self.device_count:
+            raise ValueError(f"a batch of {batch_shape[0]} does not split over {self.device_count} devices")
+        return self._apply.lower(
+            jax.tree.map(lambda leaf: abstract(leaf, replicated), variables),
+            jax.ShapeDtypeStruct(tuple(batch_shape), np.float32, sharding=split),
+            jax.ShapeDtypeStruct((batch_shape[0], 2), np.int32, sharding=split))
+
     def cache_size(self) -> int | None:
         """Compiled variants held by the jit cache (a private JAX API; ``None`` if absent)."""
         size = getattr(self._apply, "_cache_size", None)

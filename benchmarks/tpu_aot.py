@@ -1,0 +1,585 @@
+#!/usr/bin/env python3
+"""Compiles drn-jax's programs for TPU slices ahead of time, on a machine without a TPU.
+
+    python benchmarks/tpu_aot.py                                  # every program, every topology
+    python benchmarks/tpu_aot.py --topologies=v5e-4 --programs=train --configs=x4 --batches=16
+    python benchmarks/tpu_aot.py --table benchmarks/results/tpu_aot.jsonl   # the Markdown tables
+
+Needs libtpu (`pip install -e ".[tpu]"`): its compiler compiles for a described topology
+(`jax.experimental.topologies.get_topology_desc`) with no TPU attached. Each topology runs in a
+process of its own, with the TPU environment set before JAX is imported.
+
+The programs are the package's own, handed a mesh made from the topology's devices:
+
+* ``train``: `drn_jax.training.make_train_step` (what train.py runs) for configs/x4.py and
+  configs/x8.py, at the global batches of ``--batches`` (a number, or ``max``: the largest
+  per-chip batch that fits the chip's memory, found by compiling), with and without remat.
+* ``validate``: the training validator's network call (`evaluation.make_validator` ->
+  `inference.ModelRunner`), the config's model (bfloat16), at eval.py's size buckets for
+  Set5 and Set14, on one chip.
+* ``eval``: eval.py's network call (`inference.ModelRunner` of `loading.load_model`'s model),
+  float32 as the shipped models are, at the same buckets, on one chip.
+* ``tile``: drn-upscale's tile program (`inference.ModelRunner` over the host's chips, one
+  256² LR tile per chip, ``--dtype=bfloat16``).
+
+Single-chip programs depend on the chip only, so they are compiled once per chip type.
+
+For each program it writes one JSON line (``--out``): whether it compiled (or the compiler's
+error, in one line), per-device memory from ``compiled.memory_analysis()`` against the chip's
+HBM, FLOPs and bytes accessed per device from ``compiled.cost_analysis()``, the analytic FLOPs
+(`drn_jax.flops`), the roofline time ``max(FLOPs / peak, bytes / bandwidth)`` with the images per
+second per chip it allows and the share of the bf16 peak, the collectives of the optimised HLO,
+whether any op of the CPU-only Winograd kernels (`drn_jax/ops/winograd.py`) is in it, and the
+bytes of the optimised HLO's instructions by where their ops come from (the network, the bicubic
+pyramid, the loss, the optimiser). These are the compiler's estimates of programs that were not
+run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import traceback
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import hlo_text  # noqa: E402  (benchmarks/, beside this file)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """A TPU generation's published per-chip figures."""
+
+    name: str
+    bf16_flops: float  # dense bfloat16 peak, FLOP/s
+    hbm_bandwidth: float  # bytes/s
+    hbm_bytes: int
+
+
+GIB = 1 << 30
+# Google Cloud's published per-chip figures: https://cloud.google.com/tpu/docs/system-architecture-tpu-vm
+# and the per-version pages https://cloud.google.com/tpu/docs/v4, /tpu/docs/v5e, /tpu/docs/v5p, /tpu/docs/v6e.
+CHIPS = {
+    "v4": Chip("v4", 275e12, 1228e9, 32 * GIB),
+    "v5e": Chip("v5e", 197e12, 819e9, 16 * GIB),
+    "v5p": Chip("v5p", 459e12, 2765e9, 95 * GIB),
+    "v6e": Chip("v6e", 918e12, 1640e9, 32 * GIB),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A named TPU slice: its topology for `get_topology_desc`, its accelerator type, its chip."""
+
+    name: str
+    topology: str
+    accelerator_type: str
+    chip: str
+    chips: int
+    hosts: int
+
+
+TOPOLOGIES = {t.name: t for t in (
+    Topology("v4-8", "v4:2x2x1", "v4-8", "v4", 4, 1),
+    Topology("v5e-4", "v5e:2x2", "v5litepod-4", "v5e", 4, 1),
+    Topology("v5e-8", "v5e:2x4", "v5litepod-8", "v5e", 8, 1),
+    Topology("v5e-16", "v5e:4x4", "v5litepod-16", "v5e", 16, 4),
+    Topology("v6e-4", "v6e:2x2", "v6e-4", "v6e", 4, 1),
+    Topology("v5p-8", "v5p:2x2x1", "v5p-8", "v5p", 4, 1),
+)}
+PROGRAMS = ("train", "validate", "eval", "tile")
+CONFIGS = {"x4": "configs/x4.py", "x8": "configs/x8.py"}
+# eval.py's size buckets (`inference.bucket_size` of the LR images' longer side) for Set5 and Set14.
+EVAL_BUCKETS = {2: (128, 192, 256, 384), 4: (64, 96, 128, 192), 8: (32, 48, 64, 96)}
+UPSCALE_TILE = 256  # drn_jax.upscale.DEFAULT_TILE (checked in the worker)
+BATCH_STEP = 8  # the largest per-chip batch is searched in multiples of this
+MEMORY_SEARCH_COMPILES = 4
+# Where an op of the optimised HLO came from, by its innermost source file.
+CATEGORIES = (("resize.py", "pyramid"), ("losses.py", "loss"), ("ops/winograd.py", "network"),
+              ("ops/", "network"), ("models.py", "network"), ("flax/", "network"), ("optax/", "optimizer"),
+              ("train_state.py", "optimizer"), ("training.py", "step"))
+
+_TOPOLOGIES = flags.DEFINE_list("topologies", list(TOPOLOGIES), f"slices to compile for: {', '.join(TOPOLOGIES)}")
+_PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"programs: {', '.join(PROGRAMS)}")
+_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), "training configs: x4, x8")
+_BATCHES = flags.DEFINE_list("batches", ["16", "max"], "train: global batches, or max (largest per chip that fits)")
+_REMAT = flags.DEFINE_list("remat", ["false", "true"], "train: config.model.remat values")
+_TRAIN_TOPOLOGIES = flags.DEFINE_list("max_batch_topologies", ["v5e-4", "v5e-16"],
+                                      "topologies where batch max is searched (each search is several compiles)")
+_BUCKETS = flags.DEFINE_list("buckets", [], "validate/eval: LR sides (default: eval.py's Set5+Set14 buckets)")
+_FEATURES = flags.DEFINE_integer("features", 0, "override model.features (0: the config's)")
+_MODULES = flags.DEFINE_integer("modules_per_block", 0, "override model.modules_per_block (0: the config's)")
+_PATCH = flags.DEFINE_integer("hr_patch_size", 0, "override data.hr_patch_size (0: the config's)")
+_TILE = flags.DEFINE_integer("tile", UPSCALE_TILE, "tile: the LR tile side")
+_TRAIN_DTYPE = flags.DEFINE_string("train_dtype", "", "override model.dtype of train/validate (default: the config's)")
+_OUT = flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "tpu_aot.jsonl"), "JSON lines, appended")
+_HLO_DIR = flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO text here")
+_TABLE = flags.DEFINE_string("table", "", "print the Markdown tables of this JSON-lines file and exit")
+_WORKER = flags.DEFINE_string("worker", "", "internal: compile for this topology in this process")
+_TIMEOUT = flags.DEFINE_integer("timeout", 6 * 3600, "seconds per topology process")
+
+
+# ---------------------------------------------------------------------------
+# The parent: one process per topology
+# ---------------------------------------------------------------------------
+
+def topology_env(topology: Topology) -> dict[str, str]:
+    """The environment libtpu needs to describe `topology` without a TPU (set before JAX is imported)."""
+    env = dict(os.environ)
+    env.update(TPU_SKIP_MDS_QUERY="1", TPU_ACCELERATOR_TYPE=topology.accelerator_type,
+               TPU_WORKER_HOSTNAMES="localhost", JAX_PLATFORMS="cpu",
+               # libtpu otherwise takes /tmp/libtpu_lockfile, as if it drove a TPU: one process at a time.
+               ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def run_all(argv: list[str]) -> int:
+    unknown = [name for name in _TOPOLOGIES.value if name not in TOPOLOGIES]
+    if unknown:
+        raise app.UsageError(f"unknown topologies {unknown}; use {', '.join(TOPOLOGIES)}")
+    failed = 0
+    for name in _TOPOLOGIES.value:
+        command = [sys.executable, __file__, *sys.argv[1:], f"--worker={name}"]
+        start = time.perf_counter()
+        print(f"{name}: compiling ({' '.join(_PROGRAMS.value)})", file=sys.stderr, flush=True)
+        result = subprocess.run(command, env=topology_env(TOPOLOGIES[name]), timeout=_TIMEOUT.value)
+        print(f"{name}: done in {time.perf_counter() - start:.0f} s (exit {result.returncode})",
+              file=sys.stderr, flush=True)
+        failed += result.returncode != 0
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------
+# The worker: compiles the programs for one topology
+# ---------------------------------------------------------------------------
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"drn_config_{name}", REPO / CONFIGS[name])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if _FEATURES.value:
+        config.model.features = _FEATURES.value
+    if _MODULES.value:
+        config.model.modules_per_block = _MODULES.value
+    if _PATCH.value:
+        config.data.hr_patch_size = _PATCH.value
+    if _TRAIN_DTYPE.value:
+        config.model.dtype = _TRAIN_DTYPE.value
+    return config
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}"[:400]
+
+
+def build_model(config, platform: str, **overrides):
+    """`model_factory.create_model` for a program compiled for `platform` (so that conv="auto"
+    picks that platform's convolutions, not the host's)."""
+    import inspect
+
+    from drn_jax import model_factory
+
+    if "platform" in inspect.signature(model_factory.create_model).parameters:
+        return model_factory.create_model(config, platform=platform, **overrides)
+    return model_factory.create_model(config, **overrides)  # TODO(issue 26, item 4): until create_model has it
+
+
+def category(source: str) -> str:
+    return next((name for key, name in CATEGORIES if key in source), "other")
+
+
+def analyse(compiled, lowered, chip: Chip) -> dict:
+    """The compiler's figures for one compiled program (per device)."""
+    record: dict = {}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        arguments, temporaries = memory.argument_size_in_bytes, memory.temp_size_in_bytes
+        outputs, aliased = memory.output_size_in_bytes, memory.alias_size_in_bytes
+        record["memory"] = {"arguments": arguments, "temporaries": temporaries, "outputs": outputs,
+                            "aliased": aliased, "code": memory.generated_code_size_in_bytes,
+                            # Donated arguments are reused for the outputs they alias.
+                            "total": arguments + temporaries + outputs - aliased,
+                            "hbm": chip.hbm_bytes}
+    costs = compiled.cost_analysis()
+    costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+    record["flops"] = float(costs.get("flops", 0.0))
+    record["bytes_accessed"] = float(costs.get("bytes accessed", 0.0))
+    record["transcendentals"] = float(costs.get("transcendentals", 0.0))
+    text = compiled.as_text()
+    module = hlo_text.parse_module(text)
+    record["collectives"] = summarise_collectives(hlo_text.collectives(module))
+    winograd = [i for i in module.instructions.values() if "ops/winograd.py" in module.source_file(i)]
+    record["winograd_ops"] = len(winograd)
+    record["winograd_file_in_hlo"] = any(path.endswith("ops/winograd.py") for path in module.files)
+    record["convolutions"] = sum(i.opcode == "convolution" for i in module.instructions.values())
+    by_category: dict[str, dict[str, float]] = {}
+    fusions = []
+    for instruction in module.entry:
+        moved = hlo_text.instruction_bytes(module, instruction)
+        if not moved:
+            continue
+        name = category(module.source_file(instruction))
+        entry = by_category.setdefault(name, {"bytes": 0.0, "hbm_bytes": 0.0, "logical_bytes": 0.0,
+                                              "instructions": 0, "estimated_cycles": 0})
+        entry["bytes"] += moved
+        entry["hbm_bytes"] += hlo_text.instruction_bytes(module, instruction, on_chip=False)
+        entry["logical_bytes"] += hlo_text.instruction_bytes(module, instruction, padded=False)
+        entry["instructions"] += 1
+        entry["estimated_cycles"] += instruction.estimated_cycles
+        fusions.append((moved, name, instruction))
+    record["bytes_by_category"] = by_category
+    record["hlo_bytes"] = sum(entry["bytes"] for entry in by_category.values())
+    fusions.sort(key=lambda item: -item[0])
+    record["top_instructions"] = [
+        {"bytes": moved, "category": name, "opcode": i.opcode, "op_name": i.op_name[-120:],
+         "shape": i.shape[:160], "operands": [module.instructions[o].shape[:100] for o in i.operands
+                                              if o in module.instructions][:4]}
+        for moved, name, i in fusions[:25]]
+    return record, text
+
+
+def summarise_collectives(found: list[dict]) -> list[dict]:
+    summary: dict[tuple, dict] = {}
+    for item in found:
+        key = (item["kind"], tuple(item["dtypes"]))
+        entry = summary.setdefault(key, {"kind": item["kind"], "dtypes": item["dtypes"], "count": 0,
+                                         "bytes": 0.0, "arrays": 0})
+        entry["count"] += 1
+        entry["bytes"] += item["bytes"]
+        entry["arrays"] += item["arrays"]
+    return list(summary.values())
+
+
+def roofline(record: dict, chip: Chip, images: int) -> None:
+    """Adds the roofline time, the images per second per chip it allows, and the share of peak."""
+    flops, moved = record.get("flops", 0.0), record.get("bytes_accessed", 0.0)
+    if not flops or not moved:
+        return
+    compute_s, memory_s = flops / chip.bf16_flops, moved / chip.hbm_bandwidth
+    seconds = max(compute_s, memory_s)
+    record.update(roofline_s=seconds, bound="memory" if memory_s >= compute_s else "compute",
+                  images_per_s_per_chip=images / seconds, peak_share=compute_s / seconds,
+                  bytes_per_image=moved / images)
+
+
+class Worker:
+    """Compiles every asked-for program for one topology, one JSON line each."""
+
+    def __init__(self, topology: Topology):
+        import jax
+        from jax.experimental import topologies
+
+        self.topology = topology
+        self.chip = CHIPS[topology.chip]
+        self.desc = topologies.get_topology_desc(topology_name=topology.topology, platform="tpu")
+        self.devices = list(self.desc.devices)
+        if len(self.devices) != topology.chips:
+            raise RuntimeError(f"{topology.name}: {len(self.devices)} devices, expected {topology.chips}")
+        self.mesh_of = lambda n: topologies.make_mesh(self.desc, (n,), ("data",))
+        self.platform = self.devices[0].platform
+        self.device_kind = self.devices[0].device_kind
+        self.jax = jax
+        self.out = pathlib.Path(_OUT.value)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, record: dict) -> None:
+        record = {"topology": self.topology.name, "chip": self.chip.name, "device_kind": self.device_kind,
+                  "chips": self.topology.chips, "hosts": self.topology.hosts, "jax": self.jax.__version__,
+                  **record}
+        line = json.dumps(record)
+        with open(self.out, "a") as handle:
+            handle.write(line + "\n")
+        short = {k: record.get(k) for k in ("program", "config", "global_batch", "per_chip_batch", "remat",
+                                            "lr_side", "dtype", "compiled", "compile_s", "error")}
+        print(json.dumps(short), flush=True)
+
+    def compile(self, lowered_fn, base: dict, images: int, analytic: int) -> dict:
+        """Lowers and compiles; returns the record (also when the compiler refuses)."""
+        record = base  # the lowering fills in what it learns (the model's conv)
+        start = time.perf_counter()
+        try:
+            lowered = lowered_fn()
+            compiled = lowered.compile()
+        except Exception as err:  # the compiler's error is a result, in one line
+            record.update(compiled=False, error=one_line(err), compile_s=time.perf_counter() - start)
+            record["out_of_memory"] = "RESOURCE_EXHAUSTED" in str(err) or "memory" in str(err).lower()
+            return record
+        record.update(compiled=True, compile_s=time.perf_counter() - start)
+        analysis, text = analyse(compiled, lowered, self.chip)
+        record.update(analysis)
+        record["analytic_flops"] = analytic
+        record["flops_ratio"] = record["flops"] / analytic if analytic else None
+        roofline(record, self.chip, images)
+        if "memory" in record:
+            record["fits"] = record["memory"]["total"] <= self.chip.hbm_bytes
+        if _HLO_DIR.value:
+            folder = pathlib.Path(_HLO_DIR.value)
+            folder.mkdir(parents=True, exist_ok=True)
+            tag = "_".join(str(base[k]) for k in ("program", "config", "global_batch", "remat", "lr_side", "dtype")
+                           if k in base)
+            (folder / f"{self.topology.name}_{tag}.hlo.txt").write_text(text)
+        return record
+
+    # --- train ---------------------------------------------------------------------------
+
+    def train(self, name: str, global_batch: int, remat: bool) -> dict:
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from drn_jax import config as config_lib
+        from drn_jax import flops, model_factory, training
+        from drn_jax.train_state import create_optimizer, create_train_state
+
+        config = load_config(name)
+        config.batch_size = global_batch
+        config.model.remat = remat
+        n = len(self.devices)
+        base = {"program": "train", "config": name, "global_batch": global_batch, "per_chip_batch": global_batch // n,
+                "remat": remat, "hr": config.data.hr_patch_size, "dtype": config.model.dtype,
+                "features": config.model.features, "modules_per_block": config.model.modules_per_block}
+
+        def lower():
+            config_lib.validate(config, num_devices=n, num_processes=self.topology.hosts)
+            model = build_model(config, self.platform)
+            base["conv"] = model.conv
+            optimizer = create_optimizer(config)
+            mesh = self.mesh_of(n)
+            abstract = jax.eval_shape(lambda key: create_train_state(config, model, optimizer, key),
+                                      jax.random.key(config.seed))
+            replicated = NamedSharding(mesh, PartitionSpec())
+            state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+                                 abstract)
+            patch = config.data.hr_patch_size
+            hr = jax.ShapeDtypeStruct((global_batch, patch, patch, 3), jnp.uint8,
+                                      sharding=NamedSharding(mesh, PartitionSpec(training.DATA_AXIS)))
+            return training.make_train_step(config, model, optimizer, mesh).lower(state, hr)
+
+        analytic = flops.expected_flops(
+            config.scale, config.data.hr_patch_size // config.scale, global_batch // n, config.model.features,
+            config.model.modules_per_block, config.model.dual, config.model.progressive,
+            training=True, remat=remat)
+        return self.compile(lower, base, global_batch // n, analytic)
+
+    def largest_batch(self, name: str, remat: bool, known: dict | None) -> None:
+        """Compiles at growing per-chip batches (a linear memory model from the compiles so far)
+        until the largest multiple of BATCH_STEP that fits is bracketed; emits each compile."""
+        n = len(self.devices)
+        points: list[tuple[int, dict]] = []
+        if known and known.get("compiled"):
+            points.append((known["per_chip_batch"], known))
+        fits, fails = 0, None
+        for _ in range(MEMORY_SEARCH_COMPILES):
+            good = [(b, r) for b, r in points if r.get("compiled") and r.get("fits")]
+            if good:
+                fits = max(fits, max(b for b, _ in good))
+            bad = [b for b, r in points if not (r.get("compiled") and r.get("fits"))]
+            if bad:
+                fails = min(bad) if fails is None else min(fails, min(bad))
+            if fails is not None and fails - fits <= BATCH_STEP:
+                break
+            guess = self._predict(points)
+            if guess is None:
+                guess = 2 * max(fits, BATCH_STEP)
+            guess = max(BATCH_STEP, guess // BATCH_STEP * BATCH_STEP)
+            if fails is not None:
+                guess = min(guess, fails - BATCH_STEP)
+            if guess <= fits:
+                guess = fits + BATCH_STEP
+            if fails is not None and guess >= fails:
+                break
+            record = self.train(name, guess * n, remat)
+            record["search"] = "max"
+            self.emit(record)
+            points.append((guess, record))
+        summary = {"program": "train_max", "config": name, "remat": remat, "per_chip_batch": fits,
+                   "first_failing_per_chip_batch": fails, "step": BATCH_STEP}
+        self.emit(summary)
+
+    @staticmethod
+    def _predict(points: list[tuple[int, dict]]) -> int | None:
+        """The batch where total memory reaches 95% of HBM, by a line through the compiled points."""
+        measured = sorted((b, r["memory"]["total"], r["memory"]["hbm"]) for b, r in points
+                          if r.get("compiled") and "memory" in r)
+        if not measured:
+            return None
+        hbm = measured[0][2] * 0.95
+        if len(measured) == 1:
+            batch, total, _ = measured[0]
+            fixed = points[0][1]["memory"]["arguments"]  # the state; the rest grows with the batch
+            per_image = max(total - fixed, 1) / batch
+            return int((hbm - fixed) / per_image)
+        (b0, m0, _), (b1, m1, _) = measured[0], measured[-1]
+        slope = (m1 - m0) / max(b1 - b0, 1)
+        if slope <= 0:
+            return None
+        return int(b0 + (hbm - m0) / slope)
+
+    # --- validate / eval / tile ---------------------------------------------------------
+
+    def upscale_program(self, program: str, name: str, side: int, dtype: str, devices: list) -> dict:
+        import jax
+        import jax.numpy as jnp
+
+        from drn_jax import flops, inference, model_factory
+
+        config = load_config(name)
+        batch = len(devices)
+        base = {"program": program, "config": name, "lr_side": side, "dtype": dtype, "batch": batch,
+                "features": config.model.features, "modules_per_block": config.model.modules_per_block}
+
+        def lower():
+            model = build_model(config, self.platform, dtype=jnp.dtype(dtype))
+            base["conv"] = model.conv
+            runner = inference.ModelRunner(model, devices)
+            variables = {"params": model_factory.abstract_params(model)}
+            return runner.lower(variables, (batch, side, side, 3))
+
+        analytic = flops.expected_flops(config.scale, side, 1, config.model.features, config.model.modules_per_block,
+                                        upscale_only=True)
+        return self.compile(lower, base, 1, analytic)
+
+    def run(self) -> None:
+        from drn_jax import upscale
+
+        if upscale.DEFAULT_TILE != UPSCALE_TILE:
+            print(f"note: drn-upscale's default tile is {upscale.DEFAULT_TILE}, not {UPSCALE_TILE}", file=sys.stderr)
+        programs = _PROGRAMS.value
+        for name in _CONFIGS.value:
+            config = load_config(name)
+            if "train" in programs:
+                for remat in (value.lower() == "true" for value in _REMAT.value):
+                    known = None
+                    for batch in _BATCHES.value:
+                        if batch == "max":
+                            if self.topology.name in _TRAIN_TOPOLOGIES.value:
+                                self.largest_batch(name, remat, known)
+                            continue
+                        record = self.train(name, int(batch), remat)
+                        self.emit(record)
+                        known = record
+            buckets = [int(b) for b in _BUCKETS.value] or list(EVAL_BUCKETS[config.scale])
+            # Single-chip programs: one compilation per chip type is enough (the first listed topology of it).
+            first_of_chip = next(t for t in _TOPOLOGIES.value if TOPOLOGIES[t].chip == self.topology.chip)
+            for program in ("validate", "eval"):
+                if program in programs and self.topology.name == first_of_chip:
+                    dtype = config.model.dtype if program == "validate" else "float32"
+                    for side in buckets:
+                        self.emit(self.upscale_program(program, name, side, dtype, self.devices[:1]))
+            if "tile" in programs:
+                local = [d for d in self.devices if d.process_index == 0]
+                self.emit(self.upscale_program("tile", name, _TILE.value, "bfloat16", local))
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+
+def _gib(value: float) -> str:
+    return f"{value / GIB:.2f}"
+
+
+def table(path: str) -> str:
+    records = [json.loads(line) for line in open(path) if line.strip()]
+    # The latest record of each cell wins (reruns append).
+    cells: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["topology"], r["program"], r.get("config"), r.get("global_batch"), r.get("remat"),
+               r.get("lr_side"), r.get("dtype"), r.get("hr"), r.get("features"), r.get("modules_per_block"))
+        cells[key] = r
+    rows = list(cells.values())
+    lines = ["Training steps (per device; compiled ahead of time, not run: the compiler's estimates)", "",
+             "| config | slice | batch (per chip) | remat | memory args / temp / out / total, GiB (HBM) "
+             "| GFLOP: compiler / analytic (ratio) | GB accessed | bound | roofline ms | img/s/chip | of peak "
+             "| gradient all-reduce | Winograd ops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["program"] != "train":
+            continue
+        lines.append(_train_row(r))
+    lines += ["", "Largest per-chip batch that fits (multiples of 8; the first that does not)", "",
+              "| config | slice | remat | fits | does not fit |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["program"] == "train_max":
+            lines.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {r['per_chip_batch']} "
+                         f"| {r.get('first_failing_per_chip_batch') or '-'} |")
+    lines += ["", "Inference programs (one call; per device)", "",
+              "| program | config | chip / slice | LR side × batch | dtype | conv | memory total, GiB (HBM) "
+              "| GFLOP: compiler / analytic (ratio) | GB accessed | bound | roofline ms | of peak | Winograd ops |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["program"] in ("validate", "eval", "tile"):
+            lines.append(_infer_row(r))
+    return "\n".join(lines)
+
+
+def _compiled_cells(r: dict) -> list[str] | None:
+    if not r.get("compiled"):
+        return None
+    m = r.get("memory", {})
+    memory = (f"{_gib(m['arguments'])} / {_gib(m['temporaries'])} / {_gib(m['outputs'])} / **{_gib(m['total'])}** "
+              f"({m['hbm'] // GIB})" if m else "-")
+    ratio = f"{r['flops_ratio']:.2f}" if r.get("flops_ratio") else "-"
+    flop = f"{r['flops'] / 1e9:.1f} / {r['analytic_flops'] / 1e9:.1f} ({ratio})"
+    return [memory, flop, f"{r['bytes_accessed'] / 1e9:.2f}", r.get("bound", "-"),
+            f"{1000 * r['roofline_s']:.2f}" if r.get("roofline_s") else "-"]
+
+
+def _train_row(r: dict) -> str:
+    head = [r["config"], r["topology"], f"{r['global_batch']} ({r['per_chip_batch']})", str(r["remat"]).lower()]
+    cells = _compiled_cells(r)
+    if cells is None:
+        return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:160]}"] + ["-"] * 8) + " |"
+    grads = [c for c in r["collectives"] if c["kind"] == "all-reduce" and c["bytes"] > 1024]
+    others = [c for c in r["collectives"] if c not in grads]
+    collective = "; ".join(f"{c['count']}× {c['bytes'] / 1e6:.2f} MB {'/'.join(c['dtypes'])}" for c in grads) or "none"
+    if others:
+        collective += " (+ " + "; ".join(f"{c['count']}× {c['kind']} {c['bytes']:.0f} B" for c in others) + ")"
+    return "| " + " | ".join(head + cells[:2] + cells[2:] + [
+        f"{r['images_per_s_per_chip']:.0f}", f"{100 * r['peak_share']:.1f}%", collective,
+        str(r["winograd_ops"])]) + " |"
+
+
+def _infer_row(r: dict) -> str:
+    where = r["chip"] if r["program"] != "tile" else r["topology"]
+    head = [r["program"], r["config"], where, f"{r['lr_side']} × {r['batch']}", r["dtype"], r.get("conv", "-")]
+    cells = _compiled_cells(r)
+    if cells is None:
+        return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:160]}"] + ["-"] * 6) + " |"
+    m = r.get("memory")
+    memory = f"{_gib(m['total'])} ({m['hbm'] // GIB})" if m else "-"
+    return "| " + " | ".join(head + [memory] + cells[1:] + [f"{100 * r['peak_share']:.1f}%",
+                                                             str(r["winograd_ops"])]) + " |"
+
+
+def main(argv: list[str]) -> int:
+    if _TABLE.value:
+        print(table(_TABLE.value))
+        return 0
+    if not _WORKER.value:
+        return run_all(argv)
+    topology = TOPOLOGIES[_WORKER.value]
+    try:
+        Worker(topology).run()
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
