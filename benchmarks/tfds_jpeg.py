@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from drn_jax import data, image_io  # noqa: E402  (after the path is set)
-from drn_jax.data import crops, tfds_source  # noqa: E402
+from drn_jax.data import crops, tfds_stream  # noqa: E402
 from drn_jax.data.base import derive_key  # noqa: E402
 
 TRAIN_PHOTOS = REPO.parent / "shared" / "data" / "train" / "BSD200"
@@ -102,7 +102,7 @@ def build_dataset(data_dir: str, photos: list[pathlib.Path], *, long_side: int =
 def create_before(source: str | data.Source, *, patch_size: int, batch_size: int, seed: int,
                   process_index: int, process_count: int, threads: int | None,
                   tfds_data_dir: str | None = None, shuffle_buffer: int = 1024,
-                  **unused: Any) -> tfds_source.TfDataset:
+                  **unused: Any) -> tfds_stream.TfDataset:
     """The TFDS stream before the JPEG path (from the start of the stream only)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -146,7 +146,7 @@ def create_before(source: str | data.Source, *, patch_size: int, batch_size: int
     dataset = dataset.filter(lambda position, pixels: tf.reduce_min(tf.shape(pixels)[:2]) >= patch_size)
     dataset = dataset.map(crop_image, num_parallel_calls=parallel, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return tfds_source.TfDataset(dataset.with_options(tfds_source._options(tf, threads)), None, None)
+    return tfds_stream.TfDataset(dataset.with_options(tfds_stream.stream_options(tf, threads)), None, None)
 
 
 def _old_crop(image: Any, key: int, position: int, patch: int) -> Any:
@@ -168,7 +168,7 @@ def _old_crop(image: Any, key: int, position: int, patch: int) -> Any:
 
 def create_floor(source: str | data.Source, *, patch_size: int, batch_size: int,
                  threads: int | None, tfds_data_dir: str | None = None,
-                 **unused: Any) -> tfds_source.TfDataset:
+                 **unused: Any) -> tfds_stream.TfDataset:
     """The decoding floor of K 1: read, parse, one random window decoded from each JPEG."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -190,7 +190,7 @@ def create_floor(source: str | data.Source, *, patch_size: int, batch_size: int,
     dataset = tf.data.TFRecordDataset(files).repeat().enumerate()
     dataset = dataset.map(decode, num_parallel_calls=parallel, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return tfds_source.TfDataset(dataset.with_options(tfds_source._options(tf, threads)), None, None)
+    return tfds_stream.TfDataset(dataset.with_options(tfds_stream.stream_options(tf, threads)), None, None)
 
 
 def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: int,

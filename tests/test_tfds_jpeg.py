@@ -105,7 +105,7 @@ def _full_decode(record: bytes) -> np.ndarray:
 def test_jpeg_size_reads_the_frame_header_as_libjpeg_does(jpeg_tfds):
     import tensorflow as tf
 
-    from drn_jax.data.tfds_source import jpeg_size
+    from drn_jax.data.jpeg import jpeg_size
 
     _, records, names = jpeg_tfds
     for name, index in names.items():
