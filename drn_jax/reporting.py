@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -31,12 +31,19 @@ def format_duration(seconds: float, *, long: bool = False) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 class RunWriter:
     """Writes a run's logs into `workdir`; a no-op on processes other than 0."""
 
-    def __init__(self, run: RunDir, config: ml_collections.ConfigDict, *, enabled: bool = True):
+    def __init__(self, run: RunDir, config: ml_collections.ConfigDict, *, enabled: bool = True,
+                 echo: Callable[[str], None] | None = None):
+        """`echo` receives each console line (default: printed to stdout, flushed)."""
         self.run = run
         self.enabled = enabled
+        self._echo = echo or _print
         self._tensorboard = None
         if not enabled:
             return
@@ -57,15 +64,15 @@ class RunWriter:
     def log_text(self, message: str) -> None:
         if self.enabled:
             logger.info("%s", message)
-            print(message, flush=True)
+            self._echo(message)
 
     def log_train(self, step: int, total_steps: int, values: Mapping[str, float],
                   images_per_second: float, eta: str) -> None:
         if not self.enabled:
             return
         terms = " ".join(f"{name} {values[name]:.4g}" for name in ("primal", "dual") if name in values)
-        print(f"step {step}/{total_steps} | loss {values['total']:.4g} ({terms}) | "
-              f"lr {values['learning_rate']:.2e} | {images_per_second:.1f} img/s | ETA {eta}", flush=True)
+        self._echo(f"step {step}/{total_steps} | loss {values['total']:.4g} ({terms}) | "
+                   f"lr {values['learning_rate']:.2e} | {images_per_second:.1f} img/s | ETA {eta}")
         self._record("train", step, {**values, "images_per_second": images_per_second})
         for name, value in values.items():
             self.tensorboard.scalar(f"train/{name}", value, step)
@@ -75,7 +82,7 @@ class RunWriter:
         if not self.enabled:
             return
         line = " | ".join(f"{name} {value:.4f}" for name, value in scores.items())
-        print(f"eval step {step} | {line}", flush=True)
+        self._echo(f"eval step {step} | {line}")
         self._record("eval", step, dict(scores))
         for name, value in scores.items():
             self.tensorboard.scalar(f"val/{name}", value, step)
