@@ -52,8 +52,11 @@ CONFIG_FILE = REPO / "configs" / "comparison.py"
 DATASETS = ("Set5", "Set14")
 METRICS = ("psnr", "ssim", "gradient_psnr")
 STATE_FILE = "comparisons.json"
-# Blocks of the report that other scripts write (their begin and end markers), kept on rewrite.
-KEPT_BLOCKS = (("<!-- pilots:begin -->", "<!-- pilots:end -->"),)
+# Blocks of the report that other scripts write (their begin and end markers), kept on rewrite in
+# the order the file has them: scripts/run_pilots.py's (KEPT_BLOCKS[0], which it reads) and
+# scripts/run_device_comparisons.py's.
+KEPT_BLOCKS = (("<!-- pilots:begin -->", "<!-- pilots:end -->"),
+               ("<!-- device-comparisons:begin -->", "<!-- device-comparisons:end -->"))
 
 # A run's PSNR moves by a few hundredths of a dB with the seed alone; without two-seed pairs to
 # measure that, this is the assumed seed-to-seed standard deviation of one run's score.
@@ -190,9 +193,14 @@ class Run:
     seed: int
 
 
+def runs_of(variants: Sequence[Variant]) -> list[Run]:
+    """Every seed's run of each of `variants`, in order."""
+    return [Run(run_name(v.name, seed), v, seed) for v in variants for seed in v.seeds]
+
+
 def all_runs() -> list[Run]:
     """Every run of every comparison, each once, baseline first."""
-    return [Run(run_name(v.name, seed), v, seed) for v in VARIANTS for seed in v.seeds]
+    return runs_of(VARIANTS)
 
 
 def select_runs(only: str | None) -> list[Run]:
@@ -444,10 +452,10 @@ class VariantScores:
         return dict(zip(self.seeds, self.values.get(dataset, {}).get(metric, [])))
 
 
-def load_scores(out: pathlib.Path) -> dict[str, VariantScores]:
-    """Every variant's scores from ``<out>/<run>/results.json`` (runs without one are left out)."""
+def load_scores(out: pathlib.Path, variants: Sequence[Variant] = VARIANTS) -> dict[str, VariantScores]:
+    """Each of `variants`' scores from ``<out>/<run>/results.json`` (runs without one are left out)."""
     scores: dict[str, VariantScores] = {}
-    for variant in VARIANTS:
+    for variant in variants:
         entry = VariantScores([], {d: {m: [] for m in METRICS} for d in DATASETS})
         for seed in variant.seeds:
             results = _read_json(out / run_name(variant.name, seed) / "results.json")
@@ -595,8 +603,8 @@ def comparison_table(comparison: Comparison, scores: Mapping[str, VariantScores]
     return lines
 
 
-def _bicubic(out: pathlib.Path) -> dict[str, dict[str, float]]:
-    for run in all_runs():
+def _bicubic(out: pathlib.Path, runs: Sequence[Run] | None = None) -> dict[str, dict[str, float]]:
+    for run in all_runs() if runs is None else runs:
         results = _read_json(out / run.name / "results.json")
         if results and results.get("_meta", {}).get("bicubic"):
             return results["_meta"]["bicubic"]
@@ -609,22 +617,38 @@ def _data_names(source: str) -> str:
     return source
 
 
-def setup_lines(out: pathlib.Path) -> list[str]:
-    """The setup section, from the baseline's config.json and the runs' summaries."""
+def _runs_line(summaries: Mapping[str, Mapping[str, Any]], machine: str | None) -> str:
+    """How many runs trained, in how much wall time, how fast and where."""
+    rates = [s["images_per_second"] for s in summaries.values() if s.get("images_per_second")]
+    rate = sum(rates) / len(rates) if rates else None
+    where = f", on {machine}" if machine else ""
+    lockstep = [s["lockstep"] for s in summaries.values() if s.get("lockstep")]
+    if lockstep:  # trained together (drn_jax.lockstep): their wall times overlap
+        total = max(s.get("wall_seconds") or 0 for s in summaries.values())
+        return (f"- Runs: {len(summaries)} trained in lockstep in one process ({lockstep[0]['settings']} "
+                f"compiled programs, one per setting, each stepping its seeds together), {_duration(total)} "
+                "of wall time in all" + (f", {rate:.1f} crops/s per run ({rate * len(rates):.0f} in all)"
+                                         if rate else "") + where + ".")
+    total = sum(s.get("wall_seconds") or 0 for s in summaries.values())
+    return (f"- Runs: {len(summaries)} trained, {_duration(total)} of wall time in all"
+            + (f", {rate:.1f} crops/s on average" if rate else "") + where + ".")
+
+
+def setup_lines(out: pathlib.Path, runs: Sequence[Run] | None = None, *, heading: str = "##") -> list[str]:
+    """The setup section, from the first run's config.json and the runs' summaries."""
+    runs = all_runs() if runs is None else runs
     config = None
-    for run in all_runs():
+    for run in runs:
         config = _read_json(out / run.name / "config.json")
         if config:
             break
     state = _read_json(out / STATE_FILE) or {}
-    summaries = {run.name: _read_json(out / run.name / "summary.json") for run in all_runs()}
+    summaries = {run.name: _read_json(out / run.name / "summary.json") for run in runs}
     summaries = {name: s for name, s in summaries.items() if s}
-    lines = ["## Setup", ""]
+    lines = [f"{heading} Setup", ""]
     if not config:
         return lines + ["No run has started yet.", ""]
     model = config["model"]
-    total = sum(s.get("wall_seconds") or 0 for s in summaries.values())
-    rates = [s["images_per_second"] for s in summaries.values() if s.get("images_per_second")]
     lines += [
         f"- Model: DRN x{config['scale']}, F {model['features']}, R {model['modules_per_block']} (residual "
         f"modules per block; the paper: F 64, R 7), `configs/comparison.py`.",
@@ -634,9 +658,7 @@ def setup_lines(out: pathlib.Path) -> list[str]:
         f"{_data_names(config['data']['train'])}; every run the same, seeds as listed.",
         f"- Evaluation: `drn_jax.evaluation` (eval.py's protocol): x4, Y channel, 4 pixels shaved, "
         f"Set5 and Set14. Training curves: Set5 PSNR every {config['eval_every_steps']} steps.",
-        f"- Runs: {len(summaries)} trained, {_duration(total)} of wall time in all"
-        + (f", {sum(rates) / len(rates):.1f} crops/s on average" if rates else "")
-        + (f", on {state['machine']}" if state.get("machine") else "") + ".",
+        _runs_line(summaries, state.get("machine")),
         f"- Spread: ± is half the range over the seeds. Noise: a difference counts when it exceeds "
         f"{SIGNIFICANCE:g} standard deviations of a difference of means, with the seed-to-seed standard "
         f"deviation pooled over the settings run with two seeds (at least {NOISE_FLOOR_DB} dB), and, "
@@ -648,10 +670,10 @@ def setup_lines(out: pathlib.Path) -> list[str]:
     return lines
 
 
-def runs_table(out: pathlib.Path) -> list[str]:
-    lines = ["## Runs", "", "| run | setting | seed | steps | wall time | crops/s | final Set5 PSNR (val) |",
+def runs_table(out: pathlib.Path, runs: Sequence[Run] | None = None, *, heading: str = "##") -> list[str]:
+    lines = [f"{heading} Runs", "", "| run | setting | seed | steps | wall time | crops/s | final Set5 PSNR (val) |",
              "|---|---|---|---|---|---|---|"]
-    for run in all_runs():
+    for run in all_runs() if runs is None else runs:
         summary = _read_json(out / run.name / "summary.json")
         if not summary:
             lines.append(f"| {run.name} | {run.variant.label} | {run.seed} | not run | | | |")
@@ -663,41 +685,35 @@ def runs_table(out: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
-def write_report(out: str | pathlib.Path, report: str | pathlib.Path, *, command: str | None = None) -> str:
-    """Writes the Markdown report and its figures from the run folders in `out`; returns the text."""
+def comparison_sections(out: pathlib.Path, report: pathlib.Path,
+                        comparisons: Sequence[Comparison] = COMPARISONS, variants: Sequence[Variant] = VARIANTS,
+                        *, heading: str = "##", title_suffix: str = "", figure_suffix: str = ""
+                        ) -> tuple[list[str], list[str]]:
+    """Each of `comparisons` as a report section, from the runs of `variants` in `out`: its table,
+    note, training-curve figure (written to ``figures/<figure><figure_suffix>.png`` beside
+    `report`) and a sentence per claim. Returns (lines, the verdicts of every claim)."""
     from drn_jax import plots
 
-    out, report = pathlib.Path(out), pathlib.Path(report)
     figures = report.parent / "figures"
-    scores = load_scores(out)
+    by_name = {variant.name: variant for variant in variants}
+    scores = load_scores(out, variants)
     noise = {d: seed_noise(scores, d)[0] for d in DATASETS}
-    bicubic = _bicubic(out)
-    lines = [
-        "# Results: the paper's ablations at small scale", "",
-        "<!-- Generated by scripts/run_comparisons.py from "
-        f"{out.name}/*/{{results,summary,config}}.json and metrics.jsonl; do not edit by hand. -->", "",
-        "Each comparison of the paper (Guo et al., arXiv:1809.07099) rerun with a small DRN on this "
-        "project's CPU: one setting changed at a time, with equal budgets, the same data and the same "
-        "seeds. Absolute PSNRs are far below the paper's (a network 7x smaller, minutes of training "
-        "on 291 images instead of days on ImageNet); what is compared is the differences.", "",
-    ]
-    if command:
-        lines += ["Reproduce with:", "", f"    {command}", ""]
-    lines += setup_lines(out)
+    bicubic = _bicubic(out, runs_of(variants))
+    lines: list[str] = []
     all_verdicts: list[str] = []
-    for comparison in COMPARISONS:
-        lines += [f"## {comparison.title}", ""]
+    for comparison in comparisons:
+        lines += [f"{heading} {comparison.title}{title_suffix}", ""]
         lines += comparison_table(comparison, scores, bicubic)
         lines += ["", comparison.note, ""]
         curves = {}
         for row in comparison.rows:
-            paths = [out / name / "metrics.jsonl" for name in VARIANT_BY_NAME[row.variant].run_names()]
+            paths = [out / name / "metrics.jsonl" for name in by_name[row.variant].run_names()]
             paths = [p for p in paths if p.is_file() and plots.load_eval_curve(p)[0]]
             if paths:
                 curves[row.label] = paths
         if curves:
-            figure = plots.plot_training_curves(curves, figures / f"{comparison.figure}.png",
-                                                title=f"{comparison.title} (Set5 x4 during training)")
+            figure = plots.plot_training_curves(curves, figures / f"{comparison.figure}{figure_suffix}.png",
+                                                title=f"{comparison.title}{title_suffix} (Set5 x4 during training)")
             lines += [f"![{comparison.title}: validation PSNR against steps]"
                       f"({os.path.relpath(figure, report.parent)})", "",
                       "Set5 x4 PSNR during training (dashed: the second seed; dotted: bicubic, when in range; "
@@ -710,16 +726,44 @@ def write_report(out: str | pathlib.Path, report: str | pathlib.Path, *, command
                 verdicts += claim_verdicts
         all_verdicts += verdicts
         lines += ["**Against the paper.** " + summary_sentence(verdicts), ""] + sentences + [""]
+    return lines, all_verdicts
+
+
+def overall_lines(out: pathlib.Path, verdicts: Sequence[str], variants: Sequence[Variant] = VARIANTS,
+                  *, heading: str = "##") -> list[str]:
+    """The overall verdict, with the seed noise pooled over `variants`' runs in `out`."""
+    scores = load_scores(out, variants)
+    noise = {d: seed_noise(scores, d)[0] for d in DATASETS}
     noise_text = ", ".join(f"{d} {noise[d]:.3f} dB" for d in DATASETS if noise[d] is not None)
-    lines += ["## Overall", "", summary_sentence(all_verdicts)
-              + (f" Seed-to-seed standard deviation of one run's PSNR: {noise_text}." if noise_text else ""), ""]
-    lines += runs_table(out)
+    return [f"{heading} Overall", "", summary_sentence(verdicts)
+            + (f" Seed-to-seed standard deviation of one run's PSNR: {noise_text}." if noise_text else ""), ""]
+
+
+def write_report(out: str | pathlib.Path, report: str | pathlib.Path, *, command: str | None = None) -> str:
+    """Writes the Markdown report and its figures from the run folders in `out`; returns the text."""
+    out, report = pathlib.Path(out), pathlib.Path(report)
+    lines = [
+        "# Results: the paper's ablations at small scale", "",
+        "<!-- Generated by scripts/run_comparisons.py from "
+        f"{out.name}/*/{{results,summary,config}}.json and metrics.jsonl; do not edit by hand. -->", "",
+        "Each comparison of the paper (Guo et al., arXiv:1809.07099) rerun with a small DRN on this "
+        "project's CPU: one setting changed at a time, with equal budgets, the same data and the same "
+        "seeds. Absolute PSNRs are far below the paper's (a network 7x smaller, minutes of training "
+        "on 291 images instead of days on ImageNet); what is compared is the differences.", "",
+    ]
+    if command:
+        lines += ["Reproduce with:", "", f"    {command}", ""]
+    lines += setup_lines(out)
+    sections, verdicts = comparison_sections(out, report)
+    lines += sections + overall_lines(out, verdicts) + runs_table(out)
     text = "\n".join(lines)
-    # Other scripts' generated blocks (scripts/run_pilots.py) live in the same file: keep them.
+    # Other scripts' generated blocks (scripts/run_pilots.py, run_device_comparisons.py) live in
+    # the same file: keep them, in their order.
     previous = report.read_text() if report.is_file() else ""
-    for begin, end in KEPT_BLOCKS:
-        if begin in previous and end in previous:
-            text = text.rstrip("\n") + "\n\n" + begin + previous.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    kept = sorted((previous.index(begin), begin, end) for begin, end in KEPT_BLOCKS
+                  if begin in previous and end in previous)
+    for _, begin, end in kept:
+        text = text.rstrip("\n") + "\n\n" + begin + previous.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     report.parent.mkdir(parents=True, exist_ok=True)
     partial = report.with_name(report.name + ".partial")
     partial.write_text(text)
