@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
-from drn_jax import checkpointing, cli, training
+from drn_jax import cli, orbax_noise, training
 from drn_jax.rundir import DEFAULT_WORKDIR
 
 _CONFIG = cli.define_config_file(
@@ -28,7 +28,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     # One line for a failed checkpoint write, not orbax's background tracebacks, which can come
     # as late as the interpreter's teardown: installed for the rest of the process.
-    checkpointing.install_quiet_storage_errors()
+    orbax_noise.install()
     with cli.user_errors():
         training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

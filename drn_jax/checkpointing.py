@@ -18,25 +18,19 @@ What survives a crash:
 * Errors writing a checkpoint (full disk, read-only folder) are one-line `OSError`\\s naming
   the folder; the earlier checkpoints are untouched (orbax deletes old steps only after a
   new one is complete). Orbax also logs such a failure, with tracebacks, from its background
-  threads; entry points that want one line only call :func:`install_quiet_storage_errors`.
-
-Nothing here changes process-wide state unless :func:`install_quiet_storage_errors` is called
-(or :func:`quiet_storage_errors` entered).
+  threads; entry points that want one line only install `drn_jax.orbax_noise`'s filter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import pathlib
 import re
-import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -58,17 +52,14 @@ STATE_FIELDS = ("scale", "model.features", "model.modules_per_block", "model.dua
                 "model.progressive", "model.image_residual")
 
 
-def _first_line(err: BaseException) -> str:
-    return one_line(err, 300)
-
-
 # tensorstore (which orbax writes through) raises ValueError("RESOURCE_EXHAUSTED: ... No space
 # left on device [os_error_code='28']") rather than OSError.
 _STORAGE_STATUS = re.compile(r"\b(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DATA_LOSS|"
                              r"FAILED_PRECONDITION)\b|os_error_code")
 
 
-def _is_storage_error(err: BaseException) -> bool:
+def is_storage_error(err: BaseException) -> bool:
+    """Whether `err` is a failure of the storage (an OSError, or tensorstore's status text)."""
     return isinstance(err, OSError) or bool(_STORAGE_STATUS.search(str(err)))
 
 
@@ -80,106 +71,12 @@ def _io_reason(err: BaseException) -> str:
         return os.strerror(int(code.group(1)))
     if "RESOURCE_EXHAUSTED" in str(err):
         return os.strerror(errno.ENOSPC)
-    return _first_line(err)
+    return one_line(err, 300)
 
 
-# Set once orbax has failed to write: its teardown then prints noise the one-line error explains.
-_storage_failed = threading.Event()
-
-
-def _through_orbax(trace) -> bool:
-    return trace is not None and any("orbax" in frame.filename for frame in traceback.extract_tb(trace))
-
-
-def _from_orbax(record: logging.LogRecord) -> bool:
-    if "orbax" in record.pathname or "orbax" in record.getMessage():
-        return True
-    return _through_orbax(record.exc_info[2] if record.exc_info else None)
-
-
-def _is_teardown_noise(error: BaseException | None) -> bool:
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("Event loop is closed" in text or "interpreter shutdown" in text)
-
-
-class _QuietStorageErrors(logging.Filter):
-    """Drops orbax's background-thread tracebacks for write errors.
-
-    Orbax logs a failed asynchronous write (with its traceback) from several threads and
-    asyncio tasks before the error reaches `Checkpointer.wait`, which reports it as one
-    line. Set DRN_DEBUG=1 to see them.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or not record.exc_info or os.environ.get("DRN_DEBUG"):
-            return True
-        error = record.exc_info[1]
-        if error is None or not _from_orbax(record):
-            return True
-        if _is_storage_error(error):
-            _storage_failed.set()
-            return False
-        return not (_storage_failed.is_set() and _is_teardown_noise(error))
-
-
-_QUIET = _QuietStorageErrors()
-
-
-def _unraisablehook(previous, unraisable) -> None:
-    # After a failed write, tensorstore's callbacks into orbax's closed event loop raise
-    # "Event loop is closed" with no object to blame, possibly before the failure is logged;
-    # Python would print each traceback.
-    error = unraisable.exc_value
-    closed_loop = (unraisable.object is None and isinstance(error, RuntimeError)
-                   and "Event loop is closed" in str(error))
-    if not os.environ.get("DRN_DEBUG") and (closed_loop or (_storage_failed.is_set() and _is_teardown_noise(error))):
-        return
-    previous(unraisable)
-
-
-def _threading_excepthook(previous, args) -> None:
-    # An orbax worker thread that dies of the write error already reported in one line.
-    if (not os.environ.get("DRN_DEBUG") and _through_orbax(args.exc_traceback)
-            and (_is_storage_error(args.exc_value) or _is_teardown_noise(args.exc_value))):
-        _storage_failed.set()
-        return
-    previous(args)
-
-
-def install_quiet_storage_errors() -> Callable[[], None]:
-    """Drops orbax's background noise about a failed write until the returned function is called.
-
-    The failure itself still surfaces as the one-line `OSError` of `Checkpointer`; only the
-    tracebacks orbax logs from its threads and asyncio tasks, and the errors its closed event
-    loop raises at interpreter teardown, are dropped (DRN_DEBUG=1 keeps them). It installs logging
-    filters and ``sys.unraisablehook`` / ``threading.excepthook`` wrappers: for entry points
-    (train.py installs it for the whole process, teardown included), not for library code.
-    """
-    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
-    added = [target for target in loggers if _QUIET not in target.filters]
-    for target in added:
-        target.addFilter(_QUIET)
-    previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
-    sys.unraisablehook = lambda unraisable: _unraisablehook(previous_unraisable, unraisable)
-    threading.excepthook = lambda args: _threading_excepthook(previous_thread, args)
-
-    def uninstall() -> None:
-        sys.unraisablehook, threading.excepthook = previous_unraisable, previous_thread
-        for target in added:
-            target.removeFilter(_QUIET)
-        _storage_failed.clear()
-
-    return uninstall
-
-
-@contextlib.contextmanager
-def quiet_storage_errors() -> Iterator[None]:
-    """`install_quiet_storage_errors` for the duration of a block."""
-    uninstall = install_quiet_storage_errors()
-    try:
-        yield
-    finally:
-        uninstall()
+# Set once a checkpoint write has failed: `drn_jax.orbax_noise` then also drops the teardown
+# noise that the failure causes in orbax.
+WRITE_FAILED = threading.Event()
 
 
 class Checkpointer:
@@ -235,7 +132,7 @@ class Checkpointer:
                 position = self._position(restored.data, process_index, process_count)
             except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types
                 logger.warning("%s: checkpoint %d cannot be read (%s); trying an older one",
-                               self.directory, step, _first_line(err))
+                               self.directory, step, one_line(err, 300))
                 unreadable.append(step)
                 last_error = err
                 continue
@@ -243,7 +140,7 @@ class Checkpointer:
                 self._set_aside(unreadable)
             return restored.state, position
         raise OSError(f"{self.directory}: no checkpoint can be restored (step {steps[0]}: "
-                      f"{_first_line(last_error)}); use a new --workdir or the same config")
+                      f"{one_line(last_error, 300)}); use a new --workdir or the same config")
 
     @staticmethod
     def _position(data: Any, process_index: int, process_count: int) -> int | None:
@@ -279,13 +176,13 @@ class Checkpointer:
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave({"position": positions[0], "positions": positions})))
         except Exception as err:  # noqa: BLE001 - an earlier asynchronous save may fail here
-            if not _is_storage_error(err):
+            if not is_storage_error(err):
                 raise
             raise self._write_error(self._saving or step, err) from None
         self._saving = step
 
     def _write_error(self, step: int | None, err: BaseException) -> OSError:
-        _storage_failed.set()
+        WRITE_FAILED.set()
         try:
             self._manager.reload()
             kept = sorted(self._manager.all_steps())  # from disk: not the failed save
@@ -303,7 +200,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001
-            if not _is_storage_error(err):
+            if not is_storage_error(err):
                 raise
             raise self._write_error(self._saving, err) from None
         self._saving = None
@@ -375,5 +272,5 @@ def restore_params(run: RunDir, step: int | None, abstract_params: Any, *, ema: 
             restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
                 item=item, restore_args=restore_args, partial_restore=True))
         except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many types
-            raise OSError(f"{path}: cannot read the checkpoint's parameters ({_first_line(err)})") from None
+            raise OSError(f"{path}: cannot read the checkpoint's parameters ({one_line(err, 300)})") from None
     return restored[key], step

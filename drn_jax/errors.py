@@ -13,8 +13,11 @@ __all__ = ["ConfigError", "ImageReadError", "MissingDependencyError", "NonFinite
 
 
 def one_line(err: BaseException, limit: int | None = None) -> str:
-    """`err`'s message on one line (whitespace collapsed), or its type name when it has none."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    """`err`'s message as one line: its first line with text, whitespace collapsed and without a
+    closing period (it is quoted inside other messages), cut to `limit` characters; its type
+    name when it has no text. Later lines (TensorFlow's op traces, orbax's details) are left out."""
+    lines = [" ".join(line.split()) for line in str(err).splitlines()]
+    text = next((line for line in lines if line), "").rstrip(".") or type(err).__name__
     return text[:limit] if limit else text
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from drn_jax.errors import SourceError
 
 __all__ = ["FormError", "Source", "SourceError", "SourceInfo", "StreamOptions", "TrainDataset",
-           "derive_key", "first_line"]
+           "derive_key"]
 
 
 class FormError(SourceError):
@@ -188,12 +188,6 @@ def derive_key(seed: int, process_index: int, purpose: str) -> int:
     digest = hashlib.blake2b(f"{seed}/{process_index}/{purpose}".encode(),
                              digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message, for one-line errors."""
-    text = str(err).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(err).__name__
 
 
 def full_batches(parts: Iterator[dict[str, np.ndarray]], batch_size: int

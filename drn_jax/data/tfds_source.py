@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from drn_jax.data import tfds_order
-from drn_jax.data.base import FormError, Source, SourceError, SourceInfo, StreamOptions, derive_key, first_line
+from drn_jax.data.base import FormError, Source, SourceError, SourceInfo, StreamOptions, derive_key
+from drn_jax.errors import one_line
 from drn_jax.data.tfds_stream import (SkippedRecords, TfDataset, crop_stream, encoded_image_spec,
                                       tensorflow, tensorflow_datasets)
 
@@ -69,7 +70,7 @@ class TfdsSource(Source):
             builder.info.splits[split]
         except (KeyError, ValueError, AssertionError) as err:
             raise SourceError(f"data source {spec!r}: {name} has no split {split!r} "
-                              f"({first_line(err)}); its splits are "
+                              f"({one_line(err)}); its splits are "
                               f"{', '.join(builder.info.splits) or '(none)'}") from None
         return cls(spec=spec, name=name, split=split, key=key, data_dir=tfds_data_dir)
 
@@ -133,7 +134,7 @@ class TfdsSource(Source):
                                             expand_animations=False).numpy()
             except tf.errors.InvalidArgumentError as err:
                 logger.warning("%s record %d (%s): cannot decode (%s); skipped", self.spec, index,
-                               name, first_line(err))
+                               name, one_line(err))
                 continue
             if pixels.shape[0] * pixels.shape[1] > max_pixels:
                 logger.warning("%s record %d (%s): %dx%d pixels, over the limit of %d; skipped",
@@ -153,7 +154,7 @@ def _builder(spec: str, name: str, data_dir: str | None) -> Any:
                           "(https://www.tensorflow.org/datasets/catalog)") from None
     except (ValueError, KeyError) as err:  # e.g. an unknown config
         raise SourceError(f"data source {spec!r}: cannot open TFDS dataset {name!r} "
-                          f"({first_line(err)}); check NAME/CONFIG") from None
+                          f"({one_line(err)}); check NAME/CONFIG") from None
 
 
 def _how_to_prepare(builder: Any, name: str) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from drn_jax.data import jpeg, tfds_order
-from drn_jax.data.base import SourceError, SourceInfo, StreamOptions, first_line, full_batches
+from drn_jax.data.base import SourceError, SourceInfo, StreamOptions, full_batches
+from drn_jax.errors import one_line
 
 __all__ = ["SkippedRecords", "TfDataset", "crop_stream", "encoded_image_spec", "tensorflow",
            "tensorflow_datasets", "stream_options"]
@@ -32,7 +33,7 @@ def tensorflow(spec: str):
     try:
         import tensorflow as tf  # slow import; only tfds: sources pay for it
     except ImportError as err:
-        raise SourceError(f"data source {spec!r} needs TensorFlow ({first_line(err)}); install "
+        raise SourceError(f"data source {spec!r} needs TensorFlow ({one_line(err)}); install "
                           "tensorflow-cpu and tensorflow-datasets, or use a 'folder:' source") from None
     if not _GPUS_HIDDEN:
         _GPUS_HIDDEN = True
@@ -49,7 +50,7 @@ def tensorflow_datasets(spec: str):
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise SourceError(f"data source {spec!r} needs TensorFlow Datasets ({first_line(err)}); "
+        raise SourceError(f"data source {spec!r} needs TensorFlow Datasets ({one_line(err)}); "
                           "install tensorflow-datasets, or use a 'folder:' source") from None
     return tfds
 
@@ -296,7 +297,7 @@ class TfDataset:
             yield from batches
         except tf.errors.DataLossError as err:
             # TensorFlow's message starts with the op's function name; keep what was read.
-            detail = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", first_line(err)).strip()
+            detail = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", one_line(err)).strip()
             raise SourceError(self._damaged.format(detail or "data loss")) from None
 
     def _checked(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
