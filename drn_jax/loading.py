@@ -45,9 +45,12 @@ class LoadedModel:
 
 
 def load_model(*, workdir: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-               pretrained: str | None = None, **model_overrides: Any) -> LoadedModel:
+               pretrained: str | None = None, platform: str | None = None,
+               **model_overrides: Any) -> LoadedModel:
     """The model of one source: `pretrained` name, else `checkpoint` step folder, else `workdir`.
 
+    The model is built for inference on `platform` (default ``jax.default_backend()``; see
+    :func:`drn_jax.model_factory.create_model`, which resolves ``conv="auto"`` by it).
     `model_overrides` replace DRN fields (e.g. ``conv="xla"``, ``dtype=jnp.bfloat16``).
 
     Raises one-line ``FileNotFoundError`` (no such run, checkpoint or model), ``ValueError``
@@ -58,7 +61,7 @@ def load_model(*, workdir: str | os.PathLike | None = None, checkpoint: str | os
     if pretrained:
         meta, params = zoo.read(pretrained)
         config = config_lib.from_saved(meta["config"])
-        model = model_factory.create_model(config, **model_overrides)
+        model = model_factory.create_model(config, platform=platform, training=False, **model_overrides)
         return LoadedModel(config, model, {"params": params}, source=pretrained)
     if checkpoint is not None:
         run, step = RunDir.of_checkpoint(checkpoint)
@@ -69,7 +72,7 @@ def load_model(*, workdir: str | os.PathLike | None = None, checkpoint: str | os
     if not run.checkpoints.is_dir():
         raise FileNotFoundError(f"no checkpoint in {run.path}; run `python train.py --workdir={run.path}` first")
     config = run.load_config()
-    model = model_factory.create_model(config, **model_overrides)
+    model = model_factory.create_model(config, platform=platform, training=False, **model_overrides)
     abstract = model_factory.abstract_params(model)
     # Onto this process's first device, whatever topology saved it (e.g. a pod slice).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -9,16 +9,32 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from drn_jax import models
+from drn_jax import models, ops
 
 __all__ = ["abstract_params", "create_model"]
 
 
-def create_model(config: ml_collections.ConfigDict | Mapping[str, Any], **overrides: Any) -> models.DRN:
-    """The DRN of `config` (a run's config, or a saved one over the defaults).
+def create_model(config: ml_collections.ConfigDict | Mapping[str, Any], *, platform: str | None = None,
+                 training: bool = True, **overrides: Any) -> models.DRN:
+    """The DRN of `config` (a run's config, or a saved one over the defaults), built for the
+    platform its programs are compiled for.
 
-    `overrides` replace module fields, e.g. ``conv="xla"`` for an export, which must not use
-    the CPU-only Winograd kernels, or ``dtype=jnp.bfloat16`` for inference on an accelerator.
+    ``config.model.conv = "auto"`` is resolved here to ``"winograd"`` or ``"xla"``
+    (:func:`drn_jax.ops.resolve_conv_algorithm`): XLA's convolution for every platform but
+    the CPU; on a CPU, the faster of the two for this feature width, for training or for
+    inference. An explicit ``"winograd"`` or ``"xla"`` is kept.
+
+    Args:
+      config: ``scale`` and ``model.*``.
+      platform: the platform of the devices the model's programs are compiled for: ``"cpu"``,
+        ``"tpu"``, ``"gpu"`` (what ``jax.Device.platform`` says; for a mesh,
+        ``mesh.devices.flat[0].platform``). Default: ``jax.default_backend()``. A program
+        compiled ahead of time for a TPU from a CPU host passes ``platform="tpu"``.
+      training: whether the model is for a training step (True) or for inference only
+        (evaluation, upscaling, export: :func:`drn_jax.loading.load_model` passes False).
+      overrides: replace module fields, e.g. ``conv="xla"`` for an export, which must not use
+        the CPU-only Winograd kernels, or ``dtype=jnp.bfloat16`` for inference on an
+        accelerator; a ``conv`` of ``"auto"`` here is resolved too.
     """
     model = config["model"]
     fields = dict(
@@ -33,6 +49,9 @@ def create_model(config: ml_collections.ConfigDict | Mapping[str, Any], **overri
         conv=model["conv"],
     )
     fields.update(overrides)
+    fields["conv"] = ops.resolve_conv_algorithm(
+        fields["conv"], platform=platform or jax.default_backend(), features=int(fields["features"]),
+        training=training)
     return models.DRN(**fields)
 
 

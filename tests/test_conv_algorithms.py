@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drn_jax import models, ops
+from drn_jax import inference, models, ops
 
 
 def direct(x, kernel):
@@ -67,6 +67,8 @@ def test_conv3x3_paths():
     x, kernel, _ = operands(32, 32, 4, 4)
     cpu = jax.default_backend() == "cpu"
     assert ops.conv3x3_path(x, kernel, algorithm="auto") == ("winograd" if cpu else "xla")
+    assert ops.conv3x3_path(x, kernel, algorithm="auto", platform="cpu") == "winograd"
+    assert ops.conv3x3_path(x, kernel, algorithm="auto", platform="tpu") == "xla"
     assert ops.conv3x3_path(x, kernel, algorithm="winograd") == "winograd"
     assert ops.conv3x3_path(x, kernel, algorithm="xla") == "xla"
     # Strided, non-float32 and few input channels use XLA's convolution whatever is asked.
@@ -155,3 +157,59 @@ def test_parameters_do_not_depend_on_the_algorithm():
                             jax.random.key(0), lr) for conv in models.CONV_ALGORITHMS]
     for tree in trees[1:]:
         chex.assert_trees_all_equal_shapes_and_dtypes(tree, trees[0])
+
+
+def test_auto_resolves_by_platform_width_and_purpose():
+    resolve = ops.resolve_conv_algorithm
+    for platform in ("tpu", "gpu", "cuda", "rocm"):
+        for features, training in ((32, False), (64, False), (32, True), (64, True)):
+            assert resolve("auto", platform=platform, features=features, training=training) == "xla"
+    # On a CPU: Winograd for training; for inference only from CPU_INFERENCE_WINOGRAD_MIN_FEATURES on.
+    assert ops.CPU_INFERENCE_WINOGRAD_MIN_FEATURES == 64
+    assert resolve("auto", platform="cpu", features=64, training=True) == "winograd"
+    assert resolve("auto", platform="cpu", features=32, training=True) == "winograd"
+    assert resolve("auto", platform="cpu", features=64, training=False) == "winograd"
+    assert resolve("auto", platform="cpu", features=32, training=False) == "xla"
+    for algorithm in ("winograd", "xla"):  # explicit choices are kept
+        assert resolve(algorithm, platform="tpu", features=64, training=True) == algorithm
+        assert resolve(algorithm, platform="cpu", features=32, training=False) == algorithm
+    with pytest.raises(ValueError, match="'auto', 'winograd', 'xla'"):
+        resolve("direct", platform="cpu", features=64, training=True)
+
+
+def lowered_ops(model, platform):
+    """(XLA convolutions, matrix products) in the StableHLO of ``model.upscale`` lowered for
+    `platform` from this (CPU) host: the Winograd path is matrix products, XLA's is convolutions."""
+    lr = jax.ShapeDtypeStruct((1, 12, 12, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), lr)
+    text = jax.jit(lambda v, x: model.apply(v, x, method="upscale")).trace(variables, lr).lower(
+        lowering_platforms=(platform,)).as_text()
+    return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
+
+
+def test_compiling_for_a_tpu_from_a_cpu_host_gives_xla_convolutions():
+    """Issue 26: "auto" decides by the platform a program is compiled for, not by the default backend."""
+    from drn_jax import config as config_lib
+    from drn_jax import model_factory
+
+    assert jax.default_backend() == "cpu"
+    config = config_lib.base_config()
+    config.scale, config.model.features, config.model.modules_per_block = 4, 16, 1
+    assert config.model.conv == "auto"
+    for training in (True, False):
+        assert model_factory.create_model(config, platform="tpu", training=training).conv == "xla"
+    assert model_factory.create_model(config, training=True).conv == "winograd"  # this CPU host
+    # 1 head + 2 levels × (2 residual + 1 upsample) + 1 to_rgb = 8 convolutions in upscale.
+    built = model_factory.create_model(config, platform="tpu", training=False)
+    assert lowered_ops(built, "tpu") == (8, 0)
+    # An unresolved "auto" module decides when lowered: XLA's convolutions for the TPU, and on
+    # the CPU only the head (from RGB) stays one, the rest are Winograd's matrix products.
+    raw = models.DRN(4, features=16, modules_per_block=1)
+    assert raw.conv == "auto"
+    assert lowered_ops(raw, "tpu") == (8, 0)
+    convolutions, products = lowered_ops(raw, "cpu")
+    assert convolutions == 1 and products >= 7
+    # The inference runner resolves "auto" for its devices' platform (here a CPU: F 16 < 64).
+    assert inference.ModelRunner(raw).model.conv == "xla"
+    assert inference.ModelRunner(raw.clone(features=64)).model.conv == "winograd"
+    assert inference.ModelRunner(raw.clone(conv="winograd")).model.conv == "winograd"

@@ -12,15 +12,21 @@ one pixel of zero padding per side (PyTorch's ``padding=1``), by one of
 The ``algorithm`` argument (one of :data:`CONV_ALGORITHMS`) says which may be used:
 
 ``"auto"``
-  Winograd / shifted sum where they apply on the CPU backend (where they are 2-5× faster than
-  XLA's convolution), XLA's convolution elsewhere and on other backends.
+  Winograd / shifted sum where they apply when the program is compiled for a CPU, XLA's
+  convolution elsewhere and for other platforms. The platform is the one the program is
+  lowered for (``jax.lax.platform_dependent``), not the process's default backend: a program
+  compiled for a TPU from a CPU host gets XLA's convolution.
 ``"winograd"``
   Winograd / shifted sum wherever dtype, stride and channels allow, on any backend.
 ``"xla"``
   Always XLA's convolution.
 
-All three give the same values up to float32 rounding (see :mod:`drn_jax.ops.winograd`). The
-choice is made from static shapes, dtypes and the default backend when the function is traced.
+All three give the same values up to float32 rounding (see :mod:`drn_jax.ops.winograd`).
+Which is faster on a CPU depends on the network, not only on the convolution: a DRN's ``conv``
+of ``"auto"`` is therefore resolved to ``"winograd"`` or ``"xla"`` when the model is built for
+its target (:func:`resolve_conv_algorithm`, called by
+:func:`drn_jax.model_factory.create_model` and :class:`drn_jax.inference.ModelRunner`); the
+per-convolution ``"auto"`` above is what an unresolved DRN gets.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import jax.numpy as jnp
 
 from drn_jax.ops.winograd import WINOGRAD_MIN_CHANNELS, shifted_sum_conv3x3, winograd_conv3x3
 
-__all__ = ["CONV_ALGORITHMS", "check_conv_algorithm", "conv3x3", "conv3x3_path", "pixel_shuffle"]
+__all__ = ["CONV_ALGORITHMS", "CPU_INFERENCE_WINOGRAD_MIN_FEATURES", "check_conv_algorithm", "conv3x3",
+           "conv3x3_path", "pixel_shuffle", "resolve_conv_algorithm"]
 
 CONV_ALGORITHMS = ("auto", "winograd", "xla")
 """The values of :func:`conv3x3`'s ``algorithm`` (and of the DRN modules' ``conv`` attribute)."""
@@ -71,24 +78,61 @@ def check_conv_algorithm(algorithm: str, name: str = "algorithm") -> str:
     return algorithm
 
 
-def _cpu_float32_stride1(x: jax.Array, kernel: jax.Array, stride: int, algorithm: str) -> bool:
-    if algorithm == "xla" or stride != 1:
-        return False
-    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
-        return False  # the Winograd transforms' sums of up to 16 terms (×25) need float32
-    return algorithm == "winograd" or jax.default_backend() == "cpu"
+CPU_INFERENCE_WINOGRAD_MIN_FEATURES = 64
+"""On a CPU, DRN inference is faster with Winograd from this feature width F on, with XLA's
+convolution below it; training is faster with Winograd at every width measured
+(``benchmarks/conv_choice.py``, figures in docs/performance.md)."""
 
 
-def conv3x3_path(x: jax.Array, kernel: jax.Array, stride: int = 1, algorithm: str = "auto") -> str:
-    """Which computation :func:`conv3x3` uses for these arguments: ``"winograd"``,
-    ``"shifted_sum"`` or ``"xla"`` (decided from shapes, dtypes and the default backend)."""
+def resolve_conv_algorithm(algorithm: str, *, platform: str, features: int, training: bool) -> str:
+    """The concrete algorithm, ``"winograd"`` or ``"xla"``, that a DRN's ``conv`` of ``algorithm``
+    stands for when compiled for `platform`; ``"winograd"`` and ``"xla"`` come back unchanged.
+
+    ``"auto"`` gives XLA's convolution for every platform but ``"cpu"`` (``"tpu"``, ``"gpu"``,
+    ``"cuda"``, ...: the vendors' convolutions beat the Winograd kernels written for a CPU).
+    For ``"cpu"`` it gives the one measured faster (``benchmarks/conv_choice.py``): Winograd
+    for training (XLA's kernel gradient is ~5× its forward pass there), and for inference of
+    networks of at least :data:`CPU_INFERENCE_WINOGRAD_MIN_FEATURES` features; XLA's
+    convolution for inference of narrower ones, whose thin matrix products do not pay for the
+    Winograd transforms.
+
+    Args:
+      algorithm: one of :data:`CONV_ALGORITHMS`.
+      platform: the platform of the devices the program is compiled for, as
+        ``jax.Device.platform`` or ``jax.default_backend()`` name it (``"cpu"``, ``"tpu"``,
+        ``"gpu"``), or a lowering platform (``"cuda"``, ``"rocm"``).
+      features: the DRN's feature width F.
+      training: whether the program is a training step (forward and backward) rather than
+        inference (forward only).
+    """
     check_conv_algorithm(algorithm)
-    channels_in, channels_out = kernel.shape[2], kernel.shape[3]
-    if channels_in < WINOGRAD_MIN_CHANNELS:
+    if algorithm != "auto":
+        return algorithm
+    if platform.lower() != "cpu":
         return "xla"
-    if not _cpu_float32_stride1(x, kernel, stride, algorithm):
+    if training or features >= CPU_INFERENCE_WINOGRAD_MIN_FEATURES:
+        return "winograd"
+    return "xla"
+
+
+def _winograd_applies(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
+    """Whether Winograd / the shifted sum can compute this convolution at all."""
+    if stride != 1 or kernel.shape[2] < WINOGRAD_MIN_CHANNELS:
+        return False
+    return x.dtype == jnp.float32 and kernel.dtype == jnp.float32  # the transforms' sums need float32
+
+
+def conv3x3_path(x: jax.Array, kernel: jax.Array, stride: int = 1, algorithm: str = "auto",
+                 platform: str | None = None) -> str:
+    """Which computation :func:`conv3x3` uses for these arguments: ``"winograd"``,
+    ``"shifted_sum"`` or ``"xla"``, decided from shapes, dtypes and, for ``"auto"``, the
+    `platform` the program is compiled for (default: ``jax.default_backend()``)."""
+    check_conv_algorithm(algorithm)
+    if algorithm == "xla" or not _winograd_applies(x, kernel, stride):
         return "xla"
-    return "winograd" if channels_out >= WINOGRAD_MIN_CHANNELS else "shifted_sum"
+    if algorithm == "auto" and (platform or jax.default_backend()).lower() != "cpu":
+        return "xla"
+    return "winograd" if kernel.shape[3] >= WINOGRAD_MIN_CHANNELS else "shifted_sum"
 
 
 def conv3x3(
@@ -121,7 +165,21 @@ def conv3x3(
     Raises:
       ValueError: ``algorithm`` is not one of :data:`CONV_ALGORITHMS`.
     """
-    path = conv3x3_path(x, kernel, stride, algorithm)
+    check_conv_algorithm(algorithm)
+    if algorithm == "auto" and _winograd_applies(x, kernel, stride):
+        # Chosen when the program is lowered, for the platform it is compiled for; only the
+        # chosen branch is lowered.
+        return jax.lax.platform_dependent(
+            x, kernel, bias,
+            cpu=lambda *args: _conv3x3(*args, stride=stride, shuffle=shuffle, path=conv3x3_path(
+                x, kernel, stride, "winograd")),
+            default=lambda *args: _conv3x3(*args, stride=stride, shuffle=shuffle, path="xla"))
+    return _conv3x3(x, kernel, bias, stride=stride, shuffle=shuffle,
+                    path=conv3x3_path(x, kernel, stride, algorithm))
+
+
+def _conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, stride: int, shuffle: int,
+             path: str) -> jax.Array:
     if path == "winograd":
         if bias is None:
             bias = jnp.zeros((kernel.shape[-1],), x.dtype)
