@@ -32,32 +32,19 @@ Why these values:
 * Checkpoints every steps/4: an interrupted comparison resumes within minutes.
 """
 
-import pathlib
-
+from drn_jax import recipes
 from drn_jax.config import base_config
 
 DEFAULT_STEPS = 800
-
-
-def _shared_data() -> pathlib.Path:
-    """``../shared/data`` beside the repository (the configs/ folder's parent)."""
-    try:
-        return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    except NameError:  # executed without __file__
-        return pathlib.Path("../shared/data").resolve()
+# One x0.2 decay at 75% of the run (see above); evaluations every steps/8, checkpoints every
+# steps/4, log lines every steps/16 (at most 50).
+SCHEDULE = dict(decay_every=0.75, per_run={"eval_every_steps": (8, None), "checkpoint_every_steps": (4, None),
+                                           "log_every_steps": (16, 50)})
 
 
 def set_steps(config, steps: int):
     """Sets the step count and what follows from it (LR decay, evaluation, checkpoints, logs)."""
-    steps = int(steps)
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be at least 1")
-    config.num_train_steps = steps
-    config.lr_decay_every = max(1, round(0.75 * steps))  # one decay, at 75%: see above
-    config.eval_every_steps = max(1, steps // 8)
-    config.checkpoint_every_steps = max(1, steps // 4)
-    config.log_every_steps = max(1, min(50, steps // 16))
-    return config
+    return recipes.with_steps(config, steps, **SCHEDULE)
 
 
 def get_config(steps: str | None = None):
@@ -72,16 +59,12 @@ def get_config(steps: str | None = None):
     config.loss.dual_weight = 0.1
     config.model.dual = True
     config.model.progressive = True
-
-    data = _shared_data()
-    config.data.train = f"folder:{data / 'train' / 'T91'},{data / 'train' / 'BSD200'}"
-    config.data.val = f"folder:{data / 'benchmark' / 'Set5' / 'HR'}"
+    recipes.t91_bsd200(config)
     config.data.hr_patch_size = 64
     config.data.shuffle_buffer = 256  # TFDS only; folder sources are permuted statelessly
     config.batch_size = 16
-
     config.learning_rate = 5e-4
     config.lr_decay_factor = 0.2
     config.keep_checkpoints = 2
     config.seed = 0
-    return set_steps(config, int(steps) if steps else DEFAULT_STEPS)
+    return set_steps(config, steps or DEFAULT_STEPS)

@@ -22,34 +22,21 @@ Why these values:
 * Parameter EMA 0.999, evaluated and exported instead of the raw parameters: free on an
   accelerator, and the pilots in docs/results.md measure what it is worth.
 * No TensorFlow is needed with `folder:` data: a JAX install with flax, optax, orbax, chex,
-  Pillow and ml_collections runs this config (tests/test_accelerator_configs.py).
+  Pillow and ml_collections runs this config (tests/test_without_tensorflow.py).
 """
 
+from drn_jax import recipes
 from drn_jax.config import base_config
 
 PAPER_STEPS = 1_000_000
 
-
-def paper_network(config, *, scale: int, hr_patch_size: int, steps: str | None):
-    """The settings that configs/x4.py and configs/x8.py share, at `scale`."""
-    config.scale = scale
-    config.model.features = 64
-    config.model.modules_per_block = 7
-    config.model.dtype = "bfloat16"
-    config.data.hr_patch_size = hr_patch_size
-    steps = int(steps) if steps else PAPER_STEPS
-    if steps < 1:
-        raise ValueError(f"configs/x{scale}.py:{steps}: the step count must be at least 1")
-    config.num_train_steps = steps
-    config.learning_rate = 1e-4
-    config.lr_decay_factor = 0.1
-    config.lr_decay_every = max(1, round(0.4 * steps))
-    config.ema_decay = 0.999
-    config.checkpoint_every_steps = max(1, min(5_000, steps // 10))
-    config.eval_every_steps = max(1, min(10_000, steps // 10))
-    config.log_every_steps = max(1, min(100, steps // 100))
-    return config
+# Two x0.1 decays at 40% and 80% of the run; a tenth of the run between checkpoints and
+# evaluations (at most 5,000 and 10,000 steps), a hundredth between log lines (at most 100).
+SCHEDULE = dict(decay_every=0.4, per_run={"checkpoint_every_steps": (10, 5_000),
+                                          "eval_every_steps": (10, 10_000),
+                                          "log_every_steps": (100, 100)})
 
 
 def get_config(steps: str | None = None):
-    return paper_network(base_config(), scale=4, hr_patch_size=192, steps=steps)
+    config = recipes.paper_network(base_config(), scale=4, hr_patch_size=192)
+    return recipes.with_steps(config, steps or PAPER_STEPS, **SCHEDULE)

@@ -3,7 +3,7 @@
     python train.py --config=configs/x4_291.py --workdir=runs/x4_291
     python eval.py --workdir=runs/x4_291 --data_dir=../shared/data/benchmark --datasets=Set5,Set14
     python -m drn_jax.pretrained export --workdir runs/x4_291 --name x4 \\
-        --card-from runs/x4_291/eval/results.json
+        --card_from runs/x4_291/eval/results.json
 
 `--config=configs/x4_291.py:STEPS` changes the step count; the learning-rate decay follows it.
 Target: Set5 x4 >= 31.18 dB and Set14 >= 28.01 dB (VDSR's row of the paper's x4 table, 31.53 /
@@ -36,47 +36,16 @@ of `scripts/run_pilots.py` (docs/results.md) chose them against the first shippe
   Checkpoints every 1,000 steps, so a killed run resumes with the same command.
 """
 
-import pathlib
-
+from drn_jax import recipes
 from drn_jax.config import base_config
 
 DEFAULT_STEPS = 22_000
 
 
-def _shared_data() -> pathlib.Path:
-    try:
-        return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    except NameError:  # executed without __file__
-        return pathlib.Path("../shared/data").resolve()
-
-
 def get_config(steps: str | None = None):
-    config = base_config()
-    config.scale = 4
-    config.model.features = 32
-    config.model.modules_per_block = 6
-    config.model.dual = True
-    config.model.progressive = True
-    config.loss.name = "pixel_gradient"  # Eq. 3; see the docstring
-    config.loss.lam = 2.0
-    config.loss.dual_weight = 0.1
-
-    data = _shared_data()
-    config.data.train = f"folder:{data / 'train' / 'T91'},{data / 'train' / 'BSD200'}"
-    config.data.val = f"folder:{data / 'benchmark' / 'Set5' / 'HR'}"
-    config.data.hr_patch_size = 64
-    config.batch_size = 16
-
-    steps = int(steps) if steps else DEFAULT_STEPS
-    config.num_train_steps = steps
-    config.learning_rate = 8e-4
-    config.lr_decay_factor = 0.3
-    config.lr_decay_every = max(1, round(steps * 5 / 12))  # decays at 5/12 and 10/12
-    config.ema_decay = 0.999  # evaluated and exported instead of the raw parameters
-
+    config = recipes.cpu_291(base_config(), scale=4, hr_patch_size=64)
+    recipes.with_steps(config, steps or DEFAULT_STEPS, decay_every=5 / 12)  # decays at 5/12 and 10/12
     config.checkpoint_every_steps = 1_000
-    config.keep_checkpoints = 3
     config.log_every_steps = 100
     config.eval_every_steps = 1_500
-    config.seed = 0
     return config

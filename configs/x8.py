@@ -9,18 +9,15 @@ x8), bfloat16, Adam at 1e-4 with decays at 40% and 80% of the steps, EMA 0.999. 
 keeps the x4 recipe's 48-pixel LR patches (a guess, docs/method.md#guesses).
 """
 
-import importlib.util
-import pathlib
+from drn_jax import recipes
+from drn_jax.config import base_config
 
-
-def _x4():
-    # configs/ is not a package: load the sibling file by path.
-    spec = importlib.util.spec_from_file_location("drn_config_x4", pathlib.Path(__file__).with_name("x4.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PAPER_STEPS = 1_000_000
+SCHEDULE = dict(decay_every=0.4, per_run={"checkpoint_every_steps": (10, 5_000),
+                                          "eval_every_steps": (10, 10_000),
+                                          "log_every_steps": (100, 100)})  # configs/x4.py's
 
 
 def get_config(steps: str | None = None):
-    x4 = _x4()
-    return x4.paper_network(x4.base_config(), scale=8, hr_patch_size=384, steps=steps)
+    config = recipes.paper_network(base_config(), scale=8, hr_patch_size=384)
+    return recipes.with_steps(config, steps or PAPER_STEPS, **SCHEDULE)

@@ -30,48 +30,17 @@ Why these values (the budget is ~150 minutes of the project's 2-core CPU, in one
 * Validation on Set5 every 1,000 steps is the training curve only: fixed step count, no selection.
 """
 
-import pathlib
-
+from drn_jax import recipes
 from drn_jax.config import base_config
 
 DEFAULT_STEPS = 12_000
 
 
-def _shared_data() -> pathlib.Path:
-    try:
-        return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    except NameError:  # executed without __file__
-        return pathlib.Path("../shared/data").resolve()
-
-
 def get_config(steps: str | None = None):
-    config = base_config()
-    config.scale = 8
-    config.model.features = 32
-    config.model.modules_per_block = 6
-    config.model.dual = True
-    config.model.progressive = True
+    config = recipes.cpu_291(base_config(), scale=8, hr_patch_size=96)
     config.init_from = "x4"  # warm start from the shipped x4 model; see the docstring
-    config.loss.name = "pixel_gradient"  # Eq. 3, as the x4 pilots chose; see the docstring
-    config.loss.lam = 2.0
-    config.loss.dual_weight = 0.1
-
-    data = _shared_data()
-    config.data.train = f"folder:{data / 'train' / 'T91'},{data / 'train' / 'BSD200'}"
-    config.data.val = f"folder:{data / 'benchmark' / 'Set5' / 'HR'}"
-    config.data.hr_patch_size = 96
-    config.batch_size = 16
-
-    steps = int(steps) if steps else DEFAULT_STEPS
-    config.num_train_steps = steps
-    config.learning_rate = 8e-4
-    config.lr_decay_factor = 0.3
-    config.lr_decay_every = max(1, round(steps * 5 / 12))
-    config.ema_decay = 0.999
-
+    recipes.with_steps(config, steps or DEFAULT_STEPS, decay_every=5 / 12)  # x4_291's decays
     config.checkpoint_every_steps = 500
-    config.keep_checkpoints = 3
     config.log_every_steps = 50
     config.eval_every_steps = 1_000
-    config.seed = 0
     return config

@@ -33,9 +33,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from drn_jax import recipes
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The shared data folder sits beside the repository (../shared/data); CI has it.
-DATA_DIR = pathlib.Path(os.environ.get("DRN_DATA_DIR", REPO.parent / "shared" / "data"))
+# The shared data folder ($DRN_DATA_DIR, else ../shared/data beside the repository); CI has it.
+DATA_DIR = recipes.shared_data_dir()
 BENCHMARK_DIR = DATA_DIR / "benchmark"
 
 
