@@ -1,43 +1,12 @@
 """The DRN network (Guo et al., arXiv 1809.07099, Section 4.2) in Flax linen.
 
-Layout (docs/method.md#network; the same as the eager PyTorch DRN the benchmarks compare with)::
-
     LR (B, H, W, 3) --head conv3x3 3->F--> f_0                       (inside primal block 0)
-    primal block i = 0 .. S-1, S = log2(scale), features at H·2^i × W·2^i:
-        f_i -> R × ResidualModule -> conv3x3 F->4F -> pixel_shuffle(×2)   => f_{i+1}
-        f_{i+1} -> to_rgb conv3x3 F->3                                   => image Î_i
-    dual block i:  Î_i -> conv3x3 stride 2 (3->F) -> ReLU -> conv3x3 F->3 => D_i(Î_i)
-                   (at level i-1's resolution; level -1 is the LR input)
+    primal block i: f_i -> R x ResidualModule -> conv3x3 F->4F -> pixel_shuffle(x2) => f_{i+1}
+                    f_{i+1} -> to_rgb conv3x3 F->3                                 => image I_i
+    dual block i:   I_i -> conv3x3 stride 2 (3->F) -> ReLU -> conv3x3 F->3         => D_i(I_i)
 
-Features, not images, flow from block to block; each block's image is a side output. The dual
-blocks are a training-time constraint: :meth:`DRN.upscale` skips them.
-
-Every convolution is 3×3 with bias and stride 1 unless stated, zero padding of one pixel on
-each side ("SAME" for stride 1). The stride-2 dual convolution also pads one pixel on each side,
-as PyTorch's ``padding=1``: its output has ``ceil(H/2) × ceil(W/2)`` pixels (exactly ``H/2`` for
-even ``H``) and output pixel ``j`` is centred on input pixel ``2j``. (XLA's "SAME" would pad
-only at the bottom/right for even sizes, shifting the sampling grid against PyTorch's.) They are
-computed by :func:`drn_jax.ops.conv3x3` with the algorithm the modules' ``conv`` attribute names
-(one of ``CONV_ALGORITHMS``): with the default ``"auto"``, on CPU most of them use the Winograd
-algorithm, which equals the direct convolution up to float32 rounding; ``"xla"`` always uses
-XLA's convolution.
-
-Initialisation: kernels use ``variance_scaling(1/3, "fan_in", "uniform")``, i.e. ``U(-b, b)``
-with ``b = 1/sqrt(9·C_in)``, which is exactly PyTorch's default ``Conv2d`` kernel init
-(``kaiming_uniform_(a=sqrt(5))``), the init EDSR-style residual SR nets without batch norm are
-usually trained with; its variance is a third of Flax's default ``lecun_normal``, which keeps
-the identity-skip stack of 2·R residual convolutions from inflating the activations. Biases
-start at zero (PyTorch draws them uniformly; zero is the Flax convention and irrelevant in
-practice).
-
-Inputs are NHWC float images in [0, 1]; outputs are float32 in roughly the same range (not
-clipped: clipping belongs to evaluation, and would zero the loss gradient of saturated pixels).
-
-Padded batches: every module takes an optional ``sizes``, the int32 ``(B, 2)`` valid LR size of
-each image stored zero-padded in the batch's top-left corner. With it, every convolution's
-output is zeroed outside the valid region at its resolution (:mod:`drn_jax.ops.mask`), so each
-image's output inside its region equals what the unpadded image gives, to float rounding: one
-compiled program serves every size up to the array's. Without it (training) nothing is added.
+docs/method.md ("Network") describes the layout, padding, initialisation, shapes, parameter
+count and padded batches (``sizes``); the convolutions are `drn_jax.ops.conv3x3`.
 """
 
 from __future__ import annotations
