@@ -42,6 +42,7 @@ _TILE_OVERLAP = flags.DEFINE_integer("tile_overlap", None,
                                      "radius, which makes tiling exact)")
 _SAVE_COMPARISON = flags.DEFINE_bool("save_comparison", False,
                                      "save bicubic | DRN | HR crop strips to <output_dir>/comparisons/")
+_COMPILATION_CACHE = cli.define_compilation_cache_flag()
 
 
 def main(argv):
@@ -52,6 +53,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)
     logging.getLogger("drn_jax.image_io").setLevel(logging.WARNING)
+    cli.use_compilation_cache(_COMPILATION_CACHE.value)  # a rerun loads its programs
     options = evaluation.EvalOptions(
         workdir=None if _PRETRAINED.value else _WORKDIR.value, checkpoint=_CHECKPOINT.value,
         pretrained=_PRETRAINED.value, method=_METHOD.value,

@@ -20,12 +20,14 @@ _CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
     "Training configuration file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Where checkpoints, logs and summaries go.")
+_COMPILATION_CACHE = cli.define_compilation_cache_flag()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    cli.use_compilation_cache(_COMPILATION_CACHE.value)  # a rerun loads its programs
     # One line for a failed checkpoint write, not orbax's background tracebacks, which can come
     # as late as the interpreter's teardown: installed for the rest of the process.
     orbax_noise.install()

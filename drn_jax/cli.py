@@ -4,23 +4,42 @@ Every entry point (train.py, eval.py, drn-upscale, ``python -m drn_jax.pretraine
 flags with :func:`parse_flags` and runs inside :func:`user_errors`, the one error printer:
 ``error: <one line>`` on stderr, exit status 2 for what the user can fix, 1 for a run that
 stopped by itself. Set DRN_DEBUG=1 for the traceback instead.
+
+The entry points that compile (train.py, eval.py, drn-upscale, drn-export) also turn on JAX's
+persistent compilation cache with :func:`use_compilation_cache`, so that a second run of a
+command loads its programs instead of compiling them. Where it lives, first match wins:
+
+1. the flag ``--compilation_cache=PATH`` (``--compilation_cache=off`` or ``=''``: no cache),
+2. the environment variable ``DRN_JAX_COMPILATION_CACHE`` (same values),
+3. JAX's own setting, when ``JAX_COMPILATION_CACHE_DIR`` is set,
+4. ``$XDG_CACHE_HOME/drn-jax/xla``, else ``~/.cache/drn-jax/xla``.
+
+Library code never sets it: it is process-wide JAX state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
 from drn_jax.errors import USER_ERRORS, RunError, one_line
 
-__all__ = ["define_config_file", "exit_status", "parse_flags", "print_error", "user_errors"]
+__all__ = ["COMPILATION_CACHE_ENV", "COMPILATION_CACHE_FLAG", "compilation_cache_dir",
+           "define_compilation_cache_flag", "define_config_file", "exit_status", "parse_flags",
+           "print_error", "use_compilation_cache", "user_errors"]
+
+COMPILATION_CACHE_FLAG = "compilation_cache"
+COMPILATION_CACHE_ENV = "DRN_JAX_COMPILATION_CACHE"
+_CACHE_OFF = ("", "off")
 
 
 def print_error(message: str | BaseException) -> None:
@@ -106,3 +125,64 @@ def _unknown_field_message(argv: Sequence[str], err: BaseException) -> str:
     where = f"{flag}: " if flag else ""
     suggestion = f" (did you mean {hint.group(1)!r}?)" if hint else ""
     return f"{where}the config has no field {name!r}{suggestion}"
+
+
+def define_compilation_cache_flag(flag_values: flags.FlagValues | None = None) -> flags.FlagHolder:
+    """Defines ``--compilation_cache`` (in `flag_values`, default the global flags); its value is
+    None when the flag is not given. Pass it to :func:`use_compilation_cache`."""
+    return flags.DEFINE_string(
+        COMPILATION_CACHE_FLAG, None,
+        f"folder of JAX's persistent compilation cache, 'off' for none (default: ${COMPILATION_CACHE_ENV}, "
+        "else JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/drn-jax/xla or ~/.cache/drn-jax/xla)",
+        flag_values=flag_values if flag_values is not None else flags.FLAGS)
+
+
+def compilation_cache_dir(flag: str | None, environ: Mapping[str, str] | None = None,
+                          jax_dir: str | None = None) -> pathlib.Path | None:
+    """Where the compilation cache goes, or None for no cache (the order is the module docstring's).
+
+    `flag`: ``--compilation_cache``'s value (None: not given). `environ` defaults to
+    ``os.environ``; `jax_dir` is JAX's ``jax_compilation_cache_dir`` setting (None: unset).
+    """
+    environ = os.environ if environ is None else environ
+    if flag is not None:
+        chosen = flag
+    elif COMPILATION_CACHE_ENV in environ:
+        chosen = environ[COMPILATION_CACHE_ENV]
+    elif jax_dir:
+        return pathlib.Path(jax_dir)
+    else:
+        # XDG: a relative $XDG_CACHE_HOME is invalid and is ignored.
+        base = environ.get("XDG_CACHE_HOME", "")
+        root = pathlib.Path(base) if os.path.isabs(base) else pathlib.Path.home() / ".cache"
+        return root / "drn-jax" / "xla"
+    chosen = chosen.strip()
+    return None if chosen.lower() in _CACHE_OFF else pathlib.Path(chosen).expanduser()
+
+
+def use_compilation_cache(flag: str | None) -> pathlib.Path | None:
+    """Turns JAX's persistent compilation cache on in :func:`compilation_cache_dir`'s folder, or off.
+
+    For entry points only, before anything compiles: it changes process-wide JAX config. Every
+    program is cached, however small or quick to compile (JAX's defaults skip those under 1 s),
+    so that a second run compiles nothing. A folder that cannot be created or written gets a
+    one-line note, and the run goes on without a cache. Returns the folder, or None.
+    """
+    path = compilation_cache_dir(flag, jax_dir=jax.config.jax_compilation_cache_dir)
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(f"{path} is not writable")
+        except OSError as err:
+            print(f"note: no compilation cache: {one_line(err)}; set --{COMPILATION_CACHE_FLAG}=PATH "
+                  f"or {COMPILATION_CACHE_ENV}=off", file=sys.stderr, flush=True)
+            path = None
+    if path is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

@@ -443,13 +443,20 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("pretrained", None, "a pretrained model shipped with the package (e.g. x4); "
                         "`python -m drn_jax.pretrained list` shows them", flag_values=values)
     flags.DEFINE_integer("scale", None, "check that the model upscales by this factor", flag_values=values)
+    cli.define_compilation_cache_flag(values)  # used by run(), the console script
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0, or 2 for what the user can fix)."""
+def main(argv: Sequence[str] | None = None, *, entry_point: bool = False) -> int:
+    """Runs the command line; returns the exit status (0, or 2 for what the user can fix).
+
+    `entry_point`: True from :func:`run`, the console script, which sets up the process (JAX's
+    compilation cache, :func:`drn_jax.cli.use_compilation_cache`); in-process callers leave it.
+    """
     values = flags.FlagValues()
     define_flags(values)
     rest = cli.parse_flags(["drn-export", *(sys.argv[1:] if argv is None else argv)], values)[1:]
+    if entry_point:  # process-wide JAX config: for the console script, not in-process callers
+        cli.use_compilation_cache(values[cli.COMPILATION_CACHE_FLAG].value)
     return cli.exit_status(_export, rest, values)
 
 
@@ -472,7 +479,7 @@ def _export(rest: Sequence[str], values: flags.FlagValues) -> int:
 def run() -> None:
     """Console-script entry point (``drn-export``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(main())
+    sys.exit(main(entry_point=True))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
                          "refuse images whose header declares more pixels", lower_bound=1, flag_values=values)
     flags.DEFINE_bool("no_progress", False, "no progress bar", flag_values=values)
+    cli.define_compilation_cache_flag(values)  # used by run(), the console script
 
 
 class _TqdmHandler(logging.Handler):
@@ -222,11 +223,17 @@ def _load_upscaler(values: flags.FlagValues) -> inference.Upscaler:
                                    devices=jax.local_devices(), tiles_per_device=values.tiles_per_device)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (see the module docstring)."""
+def main(argv: Sequence[str] | None = None, *, entry_point: bool = False) -> int:
+    """Runs the command line; returns the exit status (see the module docstring).
+
+    `entry_point`: True from :func:`run`, the console script, which sets up the process (JAX's
+    compilation cache, :func:`drn_jax.cli.use_compilation_cache`); in-process callers leave it.
+    """
     values = flags.FlagValues()
     define_flags(values)
     inputs = cli.parse_flags(["drn-upscale", *(sys.argv[1:] if argv is None else argv)], values)[1:]
+    if entry_point:  # process-wide JAX config: for the console script, not in-process callers
+        cli.use_compilation_cache(values[cli.COMPILATION_CACHE_FLAG].value)
 
     # The entry point shows image_io's notes above the progress bar; undone on exit.
     handler = _TqdmHandler()
@@ -320,7 +327,7 @@ def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
 def run() -> None:
     """Console-script entry point (``drn-upscale``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(main())
+    sys.exit(main(entry_point=True))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ if _OWN_CACHE:
     os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="drn-jax-test-jit-cache-")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ[_CACHE_ENV])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The entry points (train.py, eval.py, drn-upscale, drn-export) turn on their own cache, in
+# ~/.cache/drn-jax/xla by default (drn_jax.cli.use_compilation_cache): the ones tests start use
+# this session's folder instead.
+os.environ["DRN_JAX_COMPILATION_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 import pathlib
 
