@@ -40,13 +40,14 @@ import collections
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 
-from drn_jax import models
+from drn_jax import models, ops
 from drn_jax.resize import imresize_host
 
 __all__ = [
@@ -341,11 +342,19 @@ class ModelRunner:
     With several ``devices`` the batch is split over them (``jax.shard_map`` over a 1-D mesh,
     each device running the whole network on its share, the variables replicated): the batch
     size must be a multiple of the device count.
+
+    A model whose ``conv`` is ``"auto"`` runs with the algorithm that ``"auto"`` stands for in
+    inference on the devices' platform (:func:`drn_jax.ops.resolve_conv_algorithm`); ``model``
+    is then that clone.
     """
 
     def __init__(self, model: models.DRN, devices: Sequence[jax.Device] | None = None):
-        self.model = model
         self.devices = tuple(devices) if devices else ()
+        if model.conv == "auto":
+            platform = self.devices[0].platform if self.devices else jax.default_backend()
+            model = model.clone(conv=ops.resolve_conv_algorithm(
+                "auto", platform=platform, features=model.features, training=False))
+        self.model = model
         apply = functools.partial(model.apply, method="upscale")
         self._mesh = None
         if len(self.devices) > 1:
@@ -446,6 +455,8 @@ class Upscaler:
         and the padding changes no output value. Otherwise ``predict(batch)`` gets blocks
         mirror-padded at the bottom and right, and outputs near those edges see the mirror.
       shapes: the distinct batch shapes passed to the network, in first-use order.
+      network_seconds: wall time spent in network calls so far (compilations of new shapes
+        included; the tiling and conversions around them not).
     """
 
     def __init__(self, predict: PredictFn | SizedPredictFn, scale: int, *, tile: int | None = None,
@@ -470,6 +481,7 @@ class Upscaler:
         self.batch_size = int(batch_size)
         self.takes_sizes = takes_sizes
         self.shapes: list[tuple[int, ...]] = []
+        self.network_seconds = 0.0
 
     @property
     def compilations(self) -> int:
@@ -584,8 +596,10 @@ class Upscaler:
             valid[k] = size
         if batch.shape not in self.shapes:
             self.shapes.append(batch.shape)
+        start = time.perf_counter()
         output = self._predict(batch, valid) if self.takes_sizes else self._predict(batch)
         output = np.asarray(output, dtype=np.float32)
+        self.network_seconds += time.perf_counter() - start
         expected = (count, height * self.scale, width * self.scale, 3)
         if output.shape != expected:
             raise ValueError(f"the network returned shape {output.shape} for input {batch.shape}; "
