@@ -37,13 +37,15 @@ no inputs).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,8 +90,8 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_bool("overwrite", False, "replace existing outputs", flag_values=values)
     flags.DEFINE_bool("self_ensemble", False, "average the 8 flips/rotations (8x slower, slightly better)",
                       flag_values=values)
-    flags.DEFINE_integer("tile", DEFAULT_TILE, "tile side in LR pixels; 0 runs whole images", lower_bound=0,
-                         flag_values=values)
+    flags.DEFINE_integer("tile", DEFAULT_TILE, "tile budget: tiles of at most TILE² LR pixels, fitted to each "
+                         "image; 0 runs whole images", lower_bound=0, flag_values=values)
     flags.DEFINE_integer("tile_overlap", None, "LR pixels of context around each tile (default: the "
                          "receptive-field radius)", lower_bound=0, flag_values=values)
     flags.DEFINE_integer("tiles_per_device", 1, "tiles each device runs per network call", lower_bound=1,
@@ -97,6 +99,8 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
                          "refuse images whose header declares more pixels", lower_bound=1, flag_values=values)
     flags.DEFINE_bool("no_progress", False, "no progress bar", flag_values=values)
+    flags.DEFINE_bool("timings", False, "print where the time went (load, compile, read, network, write) as "
+                      "one JSON line on stderr", flag_values=values)
     cli.define_compilation_cache_flag(values)  # used by run(), the console script
 
 
@@ -269,7 +273,64 @@ def _expand(inputs: Sequence[str]) -> tuple[list[pathlib.Path], list[str]]:
     return list(dict.fromkeys(paths)), errors
 
 
+class _Phases:
+    """``--timings``: wall seconds per phase of a run, and the compilations' (JAX's monitoring
+    events, listened to only inside ``with``), printed as one JSON line by :meth:`report`."""
+
+    # Tracing, lowering, and XLA's compilation or its load from the persistent cache.
+    COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                      "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.seconds = {"load": 0.0, "read": 0.0, "upscale": 0.0, "write": 0.0}
+        self.compile = self.compile_at_load = 0.0
+        self._start = time.perf_counter()
+
+    def _listen(self, event: str, duration: float, **_: object) -> None:
+        if event in self.COMPILE_EVENTS:
+            self.compile += duration
+
+    def __enter__(self) -> _Phases:
+        if self.enabled:
+            jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.enabled:
+            jax.monitoring.unregister_event_duration_listener(self._listen)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def report(self, upscaler: inference.Upscaler, images: int) -> None:
+        """``{"timings": {...}}`` on stderr: ``network`` is the network calls less the
+        compilations made after loading (``compile``; all of them then happen in those calls),
+        ``tiles`` the tiling and conversions around the calls."""
+        if not self.enabled:
+            return
+        network = getattr(upscaler, "network_seconds", 0.0)
+        compile_in_network = min(self.compile - self.compile_at_load, network)
+        phases = {"load": self.seconds["load"], "compile": self.compile, "read": self.seconds["read"],
+                  "network": network - compile_in_network,
+                  "tiles": self.seconds["upscale"] - network, "write": self.seconds["write"]}
+        shapes = [list(shape) for shape in getattr(upscaler, "shapes", [])]
+        print(json.dumps({"timings": {key: round(value, 4) for key, value in phases.items()},
+                          "main_s": round(time.perf_counter() - self._start, 4), "images": images,
+                          "network_shapes": shapes}), file=sys.stderr, flush=True)
+
+
 def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
+    with _Phases(values.timings) as phases:
+        return _upscale_files(inputs, values, phases)
+
+
+def _upscale_files(inputs: Sequence[str], values: flags.FlagValues, phases: _Phases) -> int:
     from tqdm import tqdm
 
     if not inputs:
@@ -281,7 +342,9 @@ def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
     paths, folder_errors = _expand(inputs)
     if not paths:
         raise ValueError(f"no images in {', '.join(inputs)}")
-    upscaler = _load_upscaler(values)
+    with phases("load"):
+        upscaler = _load_upscaler(values)
+    phases.compile_at_load = phases.compile
     output_dir = pathlib.Path(values.output_dir).expanduser()
     factor = values.outscale if values.outscale is not None else upscaler.scale
     extension = values.format
@@ -297,12 +360,15 @@ def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
             target = _output_path(output_dir, path, factor, extension, used)
             if target.exists() and not values.overwrite:
                 raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-            picture = image_io.read_picture(path, max_pixels=values.max_pixels)
+            with phases("read"):
+                picture = image_io.read_picture(path, max_pixels=values.max_pixels)
             for note in picture.notes:
                 tqdm.write(f"note: {note}", file=sys.stderr)
-            pixels = upscale_picture(picture, upscaler, alpha_mode=values.alpha, outscale=values.outscale)
-            notes = image_io.write_picture(target, pixels, format=values.format, quality=values.quality,
-                                           icc_profile=picture.icc_profile)
+            with phases("upscale"):
+                pixels = upscale_picture(picture, upscaler, alpha_mode=values.alpha, outscale=values.outscale)
+            with phases("write"):
+                notes = image_io.write_picture(target, pixels, format=values.format, quality=values.quality,
+                                               icc_profile=picture.icc_profile)
             for note in notes:
                 tqdm.write(f"note: {note}", file=sys.stderr)
         except ImageReadError as err:
@@ -321,6 +387,7 @@ def _upscale_all(inputs: Sequence[str], values: flags.FlagValues) -> int:
           f"into {output_dir} in {seconds:.1f} s"
           + (f"; {len(failures)} failed: {', '.join(failures)}" if failures else ""),
           file=sys.stderr if failures else sys.stdout)
+    phases.report(upscaler, done)
     return 1 if failures else 0
 
 

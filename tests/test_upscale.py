@@ -1,5 +1,6 @@
 """The drn-upscale command: outputs, bad inputs as one-line messages, exit codes."""
 
+import json
 import os
 import pathlib
 import struct
@@ -93,6 +94,34 @@ def test_all_good_exits_zero_and_names_do_not_collide(tmp_path, tiny_checkpoint,
                            "--output_dir", str(tmp_path / "out"), "--no_progress", "--self_ensemble"])
     assert status == 0, capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same_x4.png", "same_x4_2.png"]
+
+
+def test_timings_report_the_phases_in_one_json_line(tmp_path, tiny_checkpoint, capsys):
+    import jax
+
+    from drn_jax import inference
+
+    pixels = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    listeners = list(jax._src.monitoring._event_duration_secs_listeners)
+    status = upscale.main([str(tmp_path / "photo.png"), "--output_dir", str(tmp_path / "out"),
+                           "--no_progress", "--tile=20", "--timings"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("{")]
+    report = json.loads(line)
+    assert set(report["timings"]) == {"load", "compile", "read", "network", "tiles", "write"}
+    assert all(value >= 0 for value in report["timings"].values()), report
+    assert report["images"] == 1
+    assert sum(report["timings"].values()) <= report["main_s"] + 0.01
+    # The network saw the tiles planned for a 40×30 image at --tile=20, a batch over the devices.
+    plan = inference.plan_tiles(40, 30, 20, inference.receptive_field_radius(tiny_model()[0]))
+    assert report["network_shapes"] == [[jax.local_device_count(), *plan.shape, 3]]  # a tile per device
+    # The compilation listener is gone again, and without --timings nothing is printed.
+    assert jax._src.monitoring._event_duration_secs_listeners == listeners
+    upscale.main([str(tmp_path / "photo.png"), "--output_dir", str(tmp_path / "out"), "--no_progress",
+                  "--overwrite"])
+    assert "timings" not in capsys.readouterr().err
 
 
 def test_command_line_exit_codes(tmp_path):
