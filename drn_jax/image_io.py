@@ -224,6 +224,9 @@ def read_images(paths: Sequence[PathLike], *, max_pixels: int = DEFAULT_MAX_PIXE
 
 PICTURE_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff", ".webp", ".gif")
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the PNGs written. Pillow's default, 6, took ~6× as long on an upscaled photo
+for a file ~13% smaller (``benchmarks/upscale_e2e.py``'s ``png`` case); OpenCV's default is 1 too."""
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -475,7 +478,7 @@ def _encode_png16(pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
     chunks = [chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
     if icc_profile:
         chunks.append(chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
-    chunks += [chunk(b"IDAT", zlib.compress(raw, 6)), chunk(b"IEND", b"")]
+    chunks += [chunk(b"IDAT", zlib.compress(raw, PNG_COMPRESS_LEVEL)), chunk(b"IEND", b"")]
     return _PNG_SIGNATURE + b"".join(chunks)
 
 
@@ -513,5 +516,7 @@ def write_picture(path: PathLike, pixels: np.ndarray, *, format: str = "png", qu
     options = {"icc_profile": icc_profile} if icc_profile else {}
     if format in ("jpg", "webp"):
         options["quality"] = int(quality)
+    else:
+        options["compress_level"] = PNG_COMPRESS_LEVEL
     write_atomic(path, lambda file: image.save(file, format=OUTPUT_FORMATS[format], **options))
     return notes
