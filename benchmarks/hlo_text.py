@@ -20,8 +20,8 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute
                "collective-broadcast", "ragged-all-to-all")
 # Instructions that move no data of their own: views, tuples, parameters and the ends of async pairs.
 FREE_OPCODES = frozenset({"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "copy-done",
-                          "all-reduce-done", "all-gather-done", "collective-permute-done", "async-done",
-                          "after-all", "partition-id", "replica-id", "opt-barrier"})
+                          "slice-done", "all-reduce-done", "all-gather-done", "collective-permute-done",
+                          "async-done", "after-all", "partition-id", "replica-id", "opt-barrier"})
 
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
 _HEAD = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*")
@@ -191,8 +191,27 @@ class Module:
         return arrays
 
     def source_file(self, instruction: Instruction) -> str:
+        """The innermost source file of the op (from its stack frame), or ``""``."""
         frame = instruction.stack_frame
         return self.frame_files.get(frame, "") if frame is not None else ""
+
+    def origin(self, instruction: Instruction, _seen: set | None = None) -> str:
+        """:meth:`source_file`, or for an op the compiler added (a copy between memory spaces or
+        layouts, a slice, a pad: no stack frame of its own) that of the first operand it came
+        from that has one."""
+        own = self.source_file(instruction)
+        if own:
+            return own
+        seen = _seen if _seen is not None else set()
+        seen.add(instruction.name)
+        for name in instruction.operands:
+            operand = self.instructions.get(name)
+            if operand is None or name in seen:
+                continue
+            found = self.origin(operand, seen)
+            if found:
+                return found
+        return ""
 
 
 def _table(text: str, title: str) -> list[str]:
@@ -234,11 +253,12 @@ def instruction_bytes(module: Module, instruction: Instruction, *, padded: bool 
         return sum((a.padded_bytes if padded else a.logical_bytes) for a in arrays
                    if on_chip or a.memory_space == 0)
 
-    if instruction.opcode == "copy-start":
-        operands = module.operand_arrays(instruction)
-        outputs = instruction.arrays[:1]
-        return size(operands) + size(outputs)
-    return size(module.operand_arrays(instruction)) + size(instruction.arrays)
+    operands, outputs = module.operand_arrays(instruction), instruction.arrays
+    if instruction.opcode == "copy-start":  # (destination, source, context)
+        outputs = outputs[:1]
+    elif instruction.opcode.endswith("-start"):  # ((operands...), outputs..., context)
+        outputs = [a for a in outputs[len(operands):] if a.dims]
+    return size(operands) + size(outputs)
 
 
 def collectives(module: Module) -> list[dict]:

@@ -186,18 +186,6 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:400]
 
 
-def build_model(config, platform: str, **overrides):
-    """`model_factory.create_model` for a program compiled for `platform` (so that conv="auto"
-    picks that platform's convolutions, not the host's)."""
-    import inspect
-
-    from drn_jax import model_factory
-
-    if "platform" in inspect.signature(model_factory.create_model).parameters:
-        return model_factory.create_model(config, platform=platform, **overrides)
-    return model_factory.create_model(config, **overrides)  # TODO(issue 26, item 4): until create_model has it
-
-
 def category(source: str) -> str:
     return next((name for key, name in CATEGORIES if key in source), "other")
 
@@ -232,7 +220,7 @@ def analyse(compiled, lowered, chip: Chip) -> dict:
         moved = hlo_text.instruction_bytes(module, instruction)
         if not moved:
             continue
-        name = category(module.source_file(instruction))
+        name = category(module.origin(instruction))
         entry = by_category.setdefault(name, {"bytes": 0.0, "hbm_bytes": 0.0, "logical_bytes": 0.0,
                                               "instructions": 0, "estimated_cycles": 0})
         entry["bytes"] += moved
@@ -242,7 +230,8 @@ def analyse(compiled, lowered, chip: Chip) -> dict:
         entry["estimated_cycles"] += instruction.estimated_cycles
         fusions.append((moved, name, instruction))
     record["bytes_by_category"] = by_category
-    record["hlo_bytes"] = sum(entry["bytes"] for entry in by_category.values())
+    for key in ("bytes", "hbm_bytes", "logical_bytes", "estimated_cycles"):
+        record[f"hlo_{key}"] = sum(entry[key] for entry in by_category.values())
     fusions.sort(key=lambda item: -item[0])
     record["top_instructions"] = [
         {"bytes": moved, "category": name, "opcode": i.opcode, "op_name": i.op_name[-120:],
@@ -274,6 +263,14 @@ def roofline(record: dict, chip: Chip, images: int) -> None:
     record.update(roofline_s=seconds, bound="memory" if memory_s >= compute_s else "compute",
                   images_per_s_per_chip=images / seconds, peak_share=compute_s / seconds,
                   bytes_per_image=moved / images)
+    # cost_analysis counts every memory space; on TPU large arrays may live in on-chip memory
+    # (S(1) in the layouts), which costs no HBM bandwidth. The same bound from the HLO's
+    # arrays outside it:
+    hbm = record.get("hlo_hbm_bytes")
+    if hbm:
+        hbm_s = max(compute_s, hbm / chip.hbm_bandwidth)
+        record.update(roofline_hbm_s=hbm_s, images_per_s_per_chip_hbm=images / hbm_s,
+                      peak_share_hbm=compute_s / hbm_s, hbm_bytes_per_image=hbm / images)
 
 
 class Worker:
@@ -355,7 +352,7 @@ class Worker:
 
         def lower():
             config_lib.validate(config, num_devices=n, num_processes=self.topology.hosts)
-            model = build_model(config, self.platform)
+            model = model_factory.create_model(config, platform=self.platform)
             base["conv"] = model.conv
             optimizer = create_optimizer(config)
             mesh = self.mesh_of(n)
@@ -443,7 +440,9 @@ class Worker:
                 "features": config.model.features, "modules_per_block": config.model.modules_per_block}
 
         def lower():
-            model = build_model(config, self.platform, dtype=jnp.dtype(dtype))
+            # The validator runs the training model; eval.py and drn-upscale load one for inference.
+            model = model_factory.create_model(config, platform=self.platform, training=program == "validate",
+                                               dtype=jnp.dtype(dtype))
             base["conv"] = model.conv
             runner = inference.ModelRunner(model, devices)
             variables = {"params": model_factory.abstract_params(model)}
@@ -493,77 +492,97 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.2f}"
 
 
-def table(path: str) -> str:
-    records = [json.loads(line) for line in open(path) if line.strip()]
-    # The latest record of each cell wins (reruns append).
+def latest_records(path: str) -> list[dict]:
+    """The records of a JSON-lines file, the latest of each cell (reruns append)."""
     cells: dict[tuple, dict] = {}
-    for r in records:
-        key = (r["topology"], r["program"], r.get("config"), r.get("global_batch"), r.get("remat"),
-               r.get("lr_side"), r.get("dtype"), r.get("hr"), r.get("features"), r.get("modules_per_block"))
-        cells[key] = r
-    rows = list(cells.values())
-    lines = ["Training steps (per device; compiled ahead of time, not run: the compiler's estimates)", "",
-             "| config | slice | batch (per chip) | remat | memory args / temp / out / total, GiB (HBM) "
-             "| GFLOP: compiler / analytic (ratio) | GB accessed | bound | roofline ms | img/s/chip | of peak "
-             "| gradient all-reduce | Winograd ops |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["program"] != "train":
+    for line in open(path):
+        if not line.strip():
             continue
-        lines.append(_train_row(r))
-    lines += ["", "Largest per-chip batch that fits (multiples of 8; the first that does not)", "",
-              "| config | slice | remat | fits | does not fit |", "|---|---|---|---|---|"]
-    for r in rows:
-        if r["program"] == "train_max":
-            lines.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {r['per_chip_batch']} "
-                         f"| {r.get('first_failing_per_chip_batch') or '-'} |")
-    lines += ["", "Inference programs (one call; per device)", "",
+        r = json.loads(line)
+        key = (r["topology"], r["program"], r.get("config"), r.get("global_batch"), r.get("remat"),
+               r.get("lr_side"), r.get("dtype"), r.get("hr"), r.get("features"), r.get("modules_per_block"),
+               r.get("search"))
+        cells[key] = r
+    return list(cells.values())
+
+
+def table(path: str) -> str:
+    rows = latest_records(path)
+    lines = ["Training steps, per chip (compiled ahead of time, not run: the compiler's estimates). "
+             "Bytes: `cost_analysis()` (every memory space) / the HLO's arrays outside on-chip memory (HBM)", "",
+             "| config | slice | batch (per chip) | remat | memory args / temp / out / **total**, GiB (HBM) "
+             "| GFLOP: compiler / analytic (ratio) | GB per step | bound | roofline ms | img/s per chip "
+             "| of bf16 peak | gradient all-reduce | Winograd ops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_train_row(r) for r in rows if r["program"] == "train" and r.get("search") != "max"]
+    searched = [r for r in rows if r["program"] == "train" and r.get("search") == "max"]
+    if searched:
+        lines += ["", "Searching the largest per-chip batch (compiled at these; memory per chip)", "",
+                  "| config | slice | batch (per chip) | remat | memory args / temp / out / **total**, GiB (HBM) "
+                  "| GFLOP: compiler / analytic (ratio) | GB per step | bound | roofline ms | img/s per chip "
+                  "| of bf16 peak | gradient all-reduce | Winograd ops |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [_train_row(r) for r in searched]
+    limits = [r for r in rows if r["program"] == "train_max"]
+    if limits:
+        lines += ["", f"Largest per-chip batch that fits (multiples of {BATCH_STEP})", "",
+                  "| config | slice | remat | fits | first that does not |", "|---|---|---|---|---|"]
+        lines += [f"| {r['config']} | {r['topology']} | {str(r['remat']).lower()} | {r['per_chip_batch']} "
+                  f"| {r.get('first_failing_per_chip_batch') or 'not searched'} |" for r in limits]
+    lines += ["", "Inference programs, one call per chip", "",
               "| program | config | chip / slice | LR side × batch | dtype | conv | memory total, GiB (HBM) "
-              "| GFLOP: compiler / analytic (ratio) | GB accessed | bound | roofline ms | of peak | Winograd ops |",
+              "| GFLOP: compiler / analytic (ratio) | GB per call | bound | roofline ms | of bf16 peak | Winograd ops |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["program"] in ("validate", "eval", "tile"):
-            lines.append(_infer_row(r))
+    lines += [_infer_row(r) for r in rows if r["program"] in ("validate", "eval", "tile")]
     return "\n".join(lines)
 
 
-def _compiled_cells(r: dict) -> list[str] | None:
-    if not r.get("compiled"):
-        return None
+def _pair(a: float | None, b: float | None, fmt: str) -> str:
+    return " / ".join(format(v, fmt) if v is not None else "-" for v in (a, b))
+
+
+def _compiled_cells(r: dict) -> list[str]:
     m = r.get("memory", {})
     memory = (f"{_gib(m['arguments'])} / {_gib(m['temporaries'])} / {_gib(m['outputs'])} / **{_gib(m['total'])}** "
               f"({m['hbm'] // GIB})" if m else "-")
     ratio = f"{r['flops_ratio']:.2f}" if r.get("flops_ratio") else "-"
     flop = f"{r['flops'] / 1e9:.1f} / {r['analytic_flops'] / 1e9:.1f} ({ratio})"
-    return [memory, flop, f"{r['bytes_accessed'] / 1e9:.2f}", r.get("bound", "-"),
-            f"{1000 * r['roofline_s']:.2f}" if r.get("roofline_s") else "-"]
+    moved = _pair(r["bytes_accessed"] / 1e9, r.get("hlo_hbm_bytes", 0) / 1e9, ".2f")
+    ms = _pair(1000 * r["roofline_s"] if r.get("roofline_s") else None,
+               1000 * r["roofline_hbm_s"] if r.get("roofline_hbm_s") else None, ".2f")
+    bound = r.get("bound", "-")
+    if r.get("roofline_hbm_s"):
+        bound += " / " + ("memory" if r["roofline_hbm_s"] > r["flops"] / CHIPS[r["chip"]].bf16_flops else "compute")
+    share = _pair(100 * r["peak_share"] if r.get("peak_share") else None,
+                  100 * r["peak_share_hbm"] if r.get("peak_share_hbm") else None, ".1f")
+    return [memory, flop, moved, bound, ms, share]
 
 
 def _train_row(r: dict) -> str:
     head = [r["config"], r["topology"], f"{r['global_batch']} ({r['per_chip_batch']})", str(r["remat"]).lower()]
-    cells = _compiled_cells(r)
-    if cells is None:
-        return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:160]}"] + ["-"] * 8) + " |"
+    if not r.get("compiled"):
+        return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:200]}"] + ["-"] * 8) + " |"
+    memory, flop, moved, bound, ms, share = _compiled_cells(r)
     grads = [c for c in r["collectives"] if c["kind"] == "all-reduce" and c["bytes"] > 1024]
     others = [c for c in r["collectives"] if c not in grads]
-    collective = "; ".join(f"{c['count']}× {c['bytes'] / 1e6:.2f} MB {'/'.join(c['dtypes'])}" for c in grads) or "none"
+    collective = "; ".join(f"{c['count']}× {c['bytes'] / 1e6:.2f} MB {'/'.join(c['dtypes'])} ({c['arrays']} arrays)"
+                           for c in grads) or "none"
     if others:
-        collective += " (+ " + "; ".join(f"{c['count']}× {c['kind']} {c['bytes']:.0f} B" for c in others) + ")"
-    return "| " + " | ".join(head + cells[:2] + cells[2:] + [
-        f"{r['images_per_s_per_chip']:.0f}", f"{100 * r['peak_share']:.1f}%", collective,
-        str(r["winograd_ops"])]) + " |"
+        collective += " + " + "; ".join(f"{c['count']}× {c['kind']} {c['bytes']:.0f} B" for c in others)
+    rate = _pair(r.get("images_per_s_per_chip"), r.get("images_per_s_per_chip_hbm"), ".0f")
+    return "| " + " | ".join(head + [memory, flop, moved, bound, ms, rate, share + "%", collective,
+                                     str(r["winograd_ops"])]) + " |"
 
 
 def _infer_row(r: dict) -> str:
     where = r["chip"] if r["program"] != "tile" else r["topology"]
-    head = [r["program"], r["config"], where, f"{r['lr_side']} × {r['batch']}", r["dtype"], r.get("conv", "-")]
-    cells = _compiled_cells(r)
-    if cells is None:
-        return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:160]}"] + ["-"] * 6) + " |"
+    head = [r["program"], r["config"], where, f"{r['lr_side']} × {r['batch']}", r["dtype"], r.get("conv") or "-"]
+    if not r.get("compiled"):
+        return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:200]}"] + ["-"] * 6) + " |"
+    memory, flop, moved, bound, ms, share = _compiled_cells(r)
     m = r.get("memory")
-    memory = f"{_gib(m['total'])} ({m['hbm'] // GIB})" if m else "-"
-    return "| " + " | ".join(head + [memory] + cells[1:] + [f"{100 * r['peak_share']:.1f}%",
-                                                             str(r["winograd_ops"])]) + " |"
+    total = f"{_gib(m['total'])} ({m['hbm'] // GIB})" if m else "-"
+    return "| " + " | ".join(head + [total, flop, moved, bound, ms, share + "%", str(r["winograd_ops"])]) + " |"
 
 
 def main(argv: list[str]) -> int:

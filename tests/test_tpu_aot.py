@@ -1,0 +1,110 @@
+"""TPU programs compiled ahead of time on this CPU host (libtpu's deviceless compiler).
+
+A tiny DRN's float32 training step and ``DRN.upscale`` (eval.py's network call) are compiled for
+a v5e:2x2 slice by benchmarks/tpu_aot.py, the tool that makes docs/performance.md's TPU table,
+in a subprocess: libtpu's TPU environment must be set before JAX is imported, and this session
+has imported JAX with 8 emulated CPU devices. The test fails if either program no longer lowers
+or compiles for TPU, if the step's collectives are not the one gradient all-reduce (plus the
+metrics'), or if an op of the CPU-only Winograd kernels (drn_jax/ops/winograd.py) is in a TPU
+program: float32 at 16 channels is exactly where ``conv="auto"`` picks them on a CPU.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from drn_jax import flops, inference, model_factory, models
+from drn_jax.config import base_config
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import hlo_text  # noqa: E402
+
+FEATURES, MODULES, PATCH, BATCH, SIDE = 16, 1, 32, 8, 16
+
+
+def tiny_model(**overrides) -> models.DRN:
+    config = base_config()
+    config.model.update(features=FEATURES, modules_per_block=MODULES)
+    return model_factory.create_model(config, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tpu_records(tmp_path_factory):
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed: `pip install -e '.[tpu]'` (CI has it through the test extra)")
+    out = tmp_path_factory.mktemp("tpu_aot") / "records.jsonl"
+    env = {k: v for k, v in os.environ.items()
+           # A TPU executable in the session's CPU compilation cache would be of no use to anyone.
+           if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    command = [sys.executable, str(REPO / "benchmarks" / "tpu_aot.py"), "--topologies=v5e-4",
+               "--programs=train,eval", "--configs=x4", f"--batches={BATCH}", "--remat=false",
+               f"--features={FEATURES}", f"--modules_per_block={MODULES}", f"--hr_patch_size={PATCH}",
+               "--train_dtype=float32", f"--buckets={SIDE}", f"--out={out}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    return {record["program"]: record for record in records}
+
+
+def test_training_step_compiles_for_tpu(tpu_records):
+    record = tpu_records["train"]
+    assert record["compiled"], record.get("error")
+    assert (record["topology"], record["chips"], record["device_kind"]) == ("v5e-4", 4, "TPU v5 lite")
+    assert (record["global_batch"], record["per_chip_batch"], record["dtype"]) == (BATCH, BATCH // 4, "float32")
+    assert 0 < record["memory"]["total"] < record["memory"]["hbm"]
+    # The XLA convolutions: forward, and the backward pass's input and kernel gradients.
+    layers = flops.conv_layers(4, PATCH // 4, FEATURES, MODULES)
+    assert record["convolutions"] >= 2 * len(layers)
+    assert record["flops"] >= record["analytic_flops"] == flops.expected_flops(
+        4, PATCH // 4, BATCH // 4, FEATURES, MODULES, training=True)
+
+
+def test_training_step_collectives_are_one_gradient_all_reduce(tpu_records):
+    params = model_factory.abstract_params(tiny_model())
+    collectives = tpu_records["train"]["collectives"]
+    assert {c["kind"] for c in collectives} == {"all-reduce"}
+    # One all-reduce of the float32 gradients (each parameter once), into which XLA may combine
+    # the loss terms' pmean (a handful of float32 scalars) or keep it apart.
+    assert sum(c["count"] for c in collectives) <= 2
+    assert {dtype for c in collectives for dtype in c["dtypes"]} == {"f32"}
+    gradient_bytes = 4 * models.count_params(params)
+    assert gradient_bytes <= sum(c["bytes"] for c in collectives) < gradient_bytes + 64
+    assert max(c["arrays"] for c in collectives) >= len(jax.tree.leaves(params))
+
+
+def test_upscale_compiles_for_tpu(tpu_records):
+    record = tpu_records["eval"]
+    assert record["compiled"], record.get("error")
+    assert (record["lr_side"], record["batch"], record["dtype"]) == (SIDE, 1, "float32")
+    assert record["collectives"] == []
+    assert record["convolutions"] >= len(flops.conv_layers(4, SIDE, FEATURES, MODULES, upscale_only=True))
+
+
+@pytest.mark.parametrize("program", ["train", "eval"])
+def test_no_cpu_only_kernel_in_tpu_programs(tpu_records, program):
+    record = tpu_records[program]
+    assert record["conv"] in ("auto", "xla")
+    assert record["winograd_ops"] == 0
+    assert not record["winograd_file_in_hlo"]
+
+
+def test_the_winograd_check_sees_winograd_ops():
+    # The same check on a CPU program that does use them: ops from drn_jax/ops/winograd.py are
+    # found by their source file in the optimised HLO's stack frames.
+    model = tiny_model(conv="winograd")
+    runner = inference.ModelRunner(model)
+    params = model_factory.abstract_params(model)
+    text = runner.lower({"params": params}, (1, SIDE, SIDE, 3)).compile().as_text()
+    module = hlo_text.parse_module(text)
+    assert any(path.endswith("ops/winograd.py") for path in module.files)
+    assert sum("ops/winograd.py" in module.source_file(i) for i in module.instructions.values()) > 10
+    xla = tiny_model(conv="xla")
+    text = inference.ModelRunner(xla).lower({"params": params}, (1, SIDE, SIDE, 3)).compile().as_text()
+    assert not any(path.endswith("ops/winograd.py") for path in hlo_text.parse_module(text).files)
