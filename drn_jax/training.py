@@ -14,6 +14,7 @@ CPU, eight emulated devices, or a multi-host pod slice.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import logging
 import math
@@ -21,7 +22,7 @@ import os
 import pathlib
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -37,7 +38,7 @@ from drn_jax import config as config_lib
 from drn_jax.errors import ConfigError, NonFiniteLossError
 from drn_jax.model_factory import create_model
 from drn_jax.ops.dihedral import dihedral
-from drn_jax.reporting import format_duration
+from drn_jax.loop import StepChecker, StopSignal, Throughput, saved_on_exit
 from drn_jax.resize import imresize
 from drn_jax.rundir import RunDir
 from drn_jax.train_state import TrainState, create_optimizer, create_train_state, eval_params, learning_rate_schedule
@@ -270,38 +271,6 @@ def _all_finite(tree: Any) -> jax.Array:
 # The loop
 # ---------------------------------------------------------------------------
 
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (save, then exit)."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. under some test runners)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C means now
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
-    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
-    if bad:
-        raise NonFiniteLossError(
-            f"step {step}: non-finite {', '.join(bad)} ({', '.join(f'{n}={metrics[n]}' for n in bad)})")
-
-
 # Errors writing into the workdir that Python reports without a file name.
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
@@ -327,19 +296,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    if config.distributed:
-        initialize_distributed()
-    run_start = time.perf_counter()
-    run = RunDir(workdir)
-    is_lead = jax.process_index() == 0
-    num_devices, num_processes = jax.device_count(), jax.process_count()
+@dataclasses.dataclass
+class _Run:
+    """What the loop works with, set up before anything compiles or trains."""
 
-    # Everything that can be wrong with the inputs is reported before compiling.
+    config: ml_collections.ConfigDict
+    state: TrainState
+    start_step: int
+    data_position: int
+    batches: Iterator[tuple[dict[str, np.ndarray], jax.Array, float]]
+    train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+    checkpointer: checkpointing.Checkpointer
+    writer: reporting.RunWriter
+    validate: Callable[[Any], tuple[dict[str, float], Any]] | None
+    any_flag: Callable[[int], jax.Array] | None
+
+    def validation(self, step: int, params: Any) -> dict[str, float]:
+        if self.validate is None:  # process 0 alone validates: it alone logs
+            return {}
+        scores, strip = self.validate(jax.device_get(params))
+        self.writer.log_eval(step, scores, strip)
+        return scores
+
+    def save(self, step: int, state: TrainState, position: int) -> None:
+        positions = gather_positions(position)  # on every process, at the same steps
+        if not bool(_all_finite((state.params, state.opt_state, state.ema_params))):
+            raise NonFiniteLossError(f"step {step}: the parameters or the optimiser state are not finite")
+        self.checkpointer.save(step, state, positions)
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> _Run:
+    """Checks the inputs (before compiling), restores or creates the state, opens the data."""
+    run = RunDir(workdir)
+    num_devices, num_processes = jax.device_count(), jax.process_count()
     config_lib.validate(config, num_devices=num_devices, num_processes=num_processes)
     train_source = data.parse_source(config.data.train, tfds_data_dir=config.data.tfds_data_dir)
     val_images = data.load_images(config.data.val, limit=config.data.val_limit or None,
-                                            tfds_data_dir=config.data.tfds_data_dir)
+                                  tfds_data_dir=config.data.tfds_data_dir)
     if not val_images:
         raise ConfigError(f"data.val={config.data.val!r} holds no readable images")
 
@@ -351,15 +344,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         # A checkpoint of another model is refused before restoring, compiling or writing.
         checkpointing.check_compatible(run, config)
     local_batch = config.batch_size // num_processes
-    # Restored straight into the replicated layout: every process reads the same state.
     # A warm start (config.init_from) gives the first step's parameters; a checkpoint wins over it.
     init_params = (warm_start.initial_params(config, model)
                    if config.init_from and checkpointer.latest_step() is None else None)
+    # Restored straight into the replicated layout: every process reads the same state.
     state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed),
                                          init_params), mesh)
     state, data_position = checkpointer.restore_or(state)
     start_step = int(state.step)
 
+    is_lead = jax.process_index() == 0
     writer = reporting.RunWriter(run, config, enabled=is_lead)
     if data_position is None:
         # Saved by another number of processes: each process's stream is another one now.
@@ -378,128 +372,75 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         process_index=jax.process_index(), process_count=num_processes,
         crops_per_image=config.data.crops_per_image)
     writer.log_text(dataset.source_info.summary())
-    # Two batches ahead on the devices: input and compute overlap.
-    batches = prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, depth=2)
-    train_step = make_train_step(config, model, optimizer, mesh)
-    # Validation runs on process 0 only: it alone logs, and the others need not wait for it.
-    validate = evaluation.make_validator(config, model, val_images) if is_lead else None
-    any_flag = make_flag_reducer(mesh) if num_processes > 1 else None
+    return _Run(
+        config=config, state=state, start_step=start_step, data_position=data_position,
+        # Two batches ahead on the devices: input and compute overlap.
+        batches=prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, depth=2),
+        train_step=make_train_step(config, model, optimizer, mesh), checkpointer=checkpointer,
+        writer=writer, validate=evaluation.make_validator(config, model, val_images) if is_lead else None,
+        any_flag=make_flag_reducer(mesh) if num_processes > 1 else None)
 
-    def run_validation(step: int, params) -> dict[str, float]:
-        if validate is None:
-            return {}
-        scores, strip = validate(jax.device_get(params))
-        writer.log_eval(step, scores, strip)
-        return scores
 
-    def save(step: int, state: TrainState, position: int) -> None:
-        positions = gather_positions(position)  # on every process, at the same steps
-        if not bool(_all_finite((state.params, state.opt_state, state.ema_params))):
-            raise NonFiniteLossError(f"step {step}: the parameters or the optimiser state are not finite")
-        checkpointer.save(step, state, positions)
-
-    step = start_step
-    # Metrics (and, on several processes, the stop flag) of the last dispatched step, checked one step late.
-    pending: tuple[int, Any, Any] | None = None
-    agreed_stop: str | None = None  # on several processes: a signal one of them received
-    checked_step = start_step
-    last_scores: dict[str, float] = {}
-    # Throughput counts only completed steps after the first (which includes compilation).
-    window_step, window_start = start_step, time.perf_counter()
-    steady_step, steady_start = None, None
-    paused_seconds = 0.0
-    data_wait = [0.0, 0]  # seconds blocked on the input stream, and steps, since the last log line
-
-    def check_pending() -> None:
-        """Waits for the pending step, stops on a non-finite loss, logs every N steps."""
-        nonlocal pending, checked_step, window_step, window_start, steady_step, steady_start, agreed_stop
-        if pending is None:
-            return
-        pending_step, pending_metrics, pending_flag = pending
-        fetched, flag = jax.device_get((pending_metrics, pending_flag))
-        values = {name: float(value) for name, value in fetched.items()}
-        if flag is not None and int(flag) and agreed_stop is None:
-            agreed_stop = signal.Signals(int(flag)).name
-        _check_finite(pending_step, values)
-        checked_step, pending = pending_step, None
-        now = time.perf_counter()
-        if steady_step is None:
-            steady_step, steady_start = pending_step, now
-        if pending_step % config.log_every_steps == 0 or pending_step == config.num_train_steps:
-            throughput = (pending_step - window_step) * config.batch_size / max(now - window_start, 1e-9)
-            eta = (config.num_train_steps - pending_step) * config.batch_size / throughput
-            # Milliseconds per step the loop was blocked on input: near 0 when it keeps up.
-            values["data_wait_ms"] = 1000.0 * data_wait[0] / max(data_wait[1], 1)
-            data_wait[:] = [0.0, 0]
-            writer.log_train(pending_step, config.num_train_steps, values, throughput, format_duration(eta))
-            window_step, window_start = pending_step, now
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    if config.distributed:
+        initialize_distributed()
+    run_start = time.perf_counter()
+    run = _set_up(config, workdir)
+    state, step, position, last_scores = run.state, run.start_step, run.data_position, {}
+    meter = Throughput(step, batch_size=config.batch_size, total_steps=config.num_train_steps)
+    checker = StepChecker(step, meter, log_every=config.log_every_steps, total_steps=config.num_train_steps,
+                          log=lambda *line: run.writer.log_train(line[0], config.num_train_steps, *line[1:]))
 
     def stopped_by() -> str | None:
         # One process stops at once; several stop at the step where all learn of the signal.
-        return stop.received if any_flag is None else agreed_stop
+        return stop.received if run.any_flag is None else checker.agreed_stop
 
-    with _StopSignal() as stop:
-        try:
-            try:
-                while step < config.num_train_steps and stopped_by() is None:
-                    local, hr, waited = next(batches)
-                    data_wait[0] += waited
-                    data_wait[1] += 1
-                    state, metrics = train_step(state, hr)
-                    check_pending()  # overlaps the host sync with the step just dispatched
-                    step += 1
-                    data_position = int(local["position"].max()) + 1
-                    flag = None
-                    if any_flag is not None:
-                        flag = any_flag(signal.Signals[stop.received].value if stop.received else 0)
-                    pending = (step, metrics, flag)
-                    if step % config.checkpoint_every_steps == 0 or step % config.eval_every_steps == 0:
-                        check_pending()  # never save or evaluate a state that has not been checked
-                        paused_from = time.perf_counter()
-                        if step % config.checkpoint_every_steps == 0:
-                            save(step, state, data_position)
-                        if step % config.eval_every_steps == 0:
-                            last_scores = run_validation(step, eval_params(state))
-                        # Throughput counts training only, not saving and validation.
-                        window_step, window_start = checked_step, time.perf_counter()
-                        paused_seconds += window_start - paused_from
-                check_pending()
-            finally:
-                # A crash (including a non-finite loss) keeps the last good checkpoint:
-                # only states whose metrics were checked are saved.
-                try:
-                    if step == checked_step and step > start_step and not checkpointer.has(step):
-                        save(step, state, data_position)
-                finally:
-                    checkpointer.close()
-        except NonFiniteLossError as err:
-            latest = checkpointer.latest_step()
-            kept = (f"the last checkpoint, step {latest} in {checkpointer.directory}, is kept"
-                    if latest is not None else "no checkpoint was saved before it")
-            writer.close()
-            raise NonFiniteLossError(f"{err}; stopped without saving it: {kept}; lower learning_rate "
-                                     "or check the data") from None
+    with StopSignal() as stop, saved_on_exit(
+            run.checkpointer, save=lambda: run.save(step, state, position),
+            should_save=lambda: step == checker.checked_step > run.start_step and not run.checkpointer.has(step),
+            on_non_finite=run.writer.close):
+        while step < config.num_train_steps and stopped_by() is None:
+            local, hr, waited = next(run.batches)
+            meter.waited(waited)
+            state, metrics = run.train_step(state, hr)
+            checker.check()  # overlaps the host sync with the step just dispatched
+            step, position = step + 1, int(local["position"].max()) + 1
+            flag = run.any_flag(signal.Signals[stop.received].value if stop.received else 0) \
+                if run.any_flag is not None else None
+            checker.push(step, metrics, flag)
+            if step % config.checkpoint_every_steps == 0 or step % config.eval_every_steps == 0:
+                checker.check()  # never save or evaluate a state that has not been checked
+                with meter.paused(checker.checked_step):  # saving and validating are not training
+                    if step % config.checkpoint_every_steps == 0:
+                        run.save(step, state, position)
+                    if step % config.eval_every_steps == 0:
+                        last_scores = run.validation(step, eval_params(state))
+        checker.check()
 
     if stopped_by() is not None:
-        writer.log_text(f"{stopped_by()}: saved step {step}; rerun the same command to resume")
-        writer.close()
+        run.writer.log_text(f"{stopped_by()}: saved step {step}; rerun the same command to resume")
+        run.writer.close()
         return {"step": step, "stopped_by": stopped_by()}
+    return _finish(run, state, step, last_scores, meter, checker.checked_step, run_start)
 
-    train_seconds = time.perf_counter() - steady_start - paused_seconds if steady_start is not None else 0.0
-    steady_images = (checked_step - steady_step) * config.batch_size if steady_step is not None else 0
-    if not last_scores or step % config.eval_every_steps:
-        last_scores = run_validation(step, eval_params(state))
+
+def _finish(run: _Run, state: TrainState, step: int, last_scores: dict[str, float], meter: Throughput,
+            checked_step: int, run_start: float) -> dict[str, Any]:
+    """Validates the final state (unless its step just was) and writes ``summary.json``."""
+    images_per_second, train_seconds = meter.summary(checked_step)
+    if not last_scores or step % run.config.eval_every_steps:
+        last_scores = run.validation(step, eval_params(state))
     summary = {
         "step": step,
         **{f"val_{name}": value for name, value in last_scores.items()},
         # Steady state: from the end of the first step (compilation) to the last.
-        "images_per_second": steady_images / train_seconds if steady_images else None,
+        "images_per_second": images_per_second,
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - run_start,
-        "num_devices": num_devices,
-        "num_processes": num_processes,
+        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
         "parameters": models.count_params(state.params),
     }
-    writer.write_summary(summary)
-    writer.close()
+    run.writer.write_summary(summary)
+    run.writer.close()
     return summary
