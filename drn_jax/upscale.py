@@ -2,10 +2,12 @@
 
 Files and folders (searched recursively for PNG, JPEG, BMP, TIFF, WebP and GIF) go in;
 ``<stem>_x<factor>.<png|jpg|webp>`` files come out. Every image runs through
-:class:`drn_jax.inference.Upscaler` in fixed-shape tiles (``--tile``, 256 LR pixels by default),
-so memory stays bounded (the output at its final depth plus one batch of tiles) and the network
-compiles once for all images larger than a tile; the tile overlap defaults to the network's
-receptive-field radius, which makes the tiled result equal the untiled one. A batch of tiles is
+:class:`drn_jax.inference.Upscaler` in tiles of at most ``--tile²`` LR pixels (256² by default),
+fitted to the image (:func:`drn_jax.inference.plan_tiles`: a 481×321 photo is 3 tiles of
+336×192), so memory stays bounded (the output at its final depth plus one batch of tiles) and
+images of similar sizes share one compilation; the tile overlap defaults to the network's
+receptive-field radius, which makes the tiled result equal the untiled one. ``--timings``
+prints where a run's time went as one JSON line. A batch of tiles is
 split over every local device. The network comes from a training ``--workdir`` (or
 ``--checkpoint``), or from ``--pretrained NAME``, a model shipped with the package
 (:mod:`drn_jax.pretrained`).
