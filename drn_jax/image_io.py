@@ -26,6 +26,7 @@ import numpy as np
 import tifffile  # a dependency of scikit-image; Pillow reads 16-bit colour TIFFs at 8 bits
 from PIL import Image, ImageOps
 
+from drn_jax import png16
 from drn_jax.errors import ImageReadError
 from drn_jax.files import write_atomic
 
@@ -178,7 +179,7 @@ def _integer_grey_bits(path: pathlib.Path, image: Image.Image) -> int:
     if image.mode.startswith("I;16"):
         return 16
     if image.format == "PNG":
-        header = _png_header(path)
+        header = png16.read_header(path)
         return 8 if header is not None and header[0] <= 8 else 16
     return 16
 
@@ -228,7 +229,6 @@ PNG_COMPRESS_LEVEL = 1
 """zlib level of the PNGs written. Pillow's default, 6, took ~6× as long on an upscaled photo
 for a file ~13% smaller (``benchmarks/upscale_e2e.py``'s ``png`` case); OpenCV's default is 1 too."""
 _TIFF_SUFFIXES = (".tif", ".tiff")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclasses.dataclass
@@ -295,13 +295,13 @@ def _picture(path: pathlib.Path, image: Image.Image) -> Picture:
     # Before load: Pillow's TIFF loader applies the Orientation tag itself and then drops it
     # (exif_transpose below then finds nothing more to do).
     orientation = image.getexif().get(0x0112, 1)
-    deep_png = _png_deep_colour(path) if image.format == "PNG" else None
-    if deep_png is not None:
-        pixels = _decode_png16(path)  # Pillow decodes 16-bit colour PNGs at 8 bits
+    deep_png = image.format == "PNG" and png16.is_deep_colour(path)
+    if deep_png:
+        pixels = png16.decode(path)  # Pillow decodes 16-bit colour PNGs at 8 bits
     image.load()
     if orientation != 1:
         notes.append(f"{path}: EXIF orientation {orientation} applied")
-    if deep_png is not None:
+    if deep_png:
         pixels = _orient(pixels, orientation)
         colour, alpha = _split_alpha(pixels)
         return Picture(_unit(colour, 16), None if alpha is None else _unit(alpha, 16), 16, icc, notes)
@@ -391,97 +391,6 @@ def _read_tiff(path: pathlib.Path, max_pixels: int) -> Picture:
     return Picture(_unit(colour, bits), None if alpha is None else _unit(alpha, bits), bits, icc, notes)
 
 
-def _png_header(path: pathlib.Path) -> tuple[int, int] | None:
-    """``(bit depth, colour type)`` from a PNG's IHDR, or ``None`` if it is not a PNG."""
-    with open(path, "rb") as file:
-        head = file.read(33)
-    if len(head) < 29 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    return head[24], head[25]
-
-
-_PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}  # colour type -> channels: RGB, grey + alpha, RGBA
-
-
-def _png_deep_colour(path: pathlib.Path) -> tuple[int, int] | None:
-    """``(bit depth, colour type)`` of a 16-bit RGB, RGBA or grey + alpha PNG (which Pillow
-    reads at 8 bits; 16-bit grey alone it reads at 16)."""
-    header = _png_header(path)
-    return header if header is not None and header[0] == 16 and header[1] in _PNG16_CHANNELS else None
-
-
-def _decode_png16(path: pathlib.Path) -> np.ndarray:
-    """uint16 ``(H, W, 2|3|4)`` pixels of a non-interlaced 16-bit grey + alpha or RGB(A) PNG
-    (the five filters)."""
-    data = pathlib.Path(path).read_bytes()
-    offset, idat, header = 8, [], None
-    while offset + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[offset: offset + 8])
-        body = data[offset + 8: offset + 8 + length]
-        if len(body) < length:
-            raise ValueError("truncated chunk")
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        offset += 12 + length
-    if header is None or not idat:
-        raise ValueError("no image data")
-    width, height, _, colour_type, _, _, interlace = header
-    if interlace:
-        raise ValueError("interlaced 16-bit colour PNGs are not supported")
-    channels = _PNG16_CHANNELS[colour_type]
-    bpp, stride = 2 * channels, 2 * channels * width
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
-    if raw.size < height * (stride + 1):
-        raise ValueError("truncated image data")
-    rows = raw[: height * (stride + 1)].reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.uint8)
-    previous = np.zeros(stride, np.int32)
-    for y in range(height):
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        if kind == 1:  # Sub: a running sum over each pixel's bytes
-            line = np.cumsum(line.reshape(width, bpp), axis=0).reshape(-1) & 255
-        elif kind == 2:  # Up
-            line = (line + previous) & 255
-        elif kind in (3, 4):  # Average, Paeth: sequential along the row
-            for x in range(0, stride, bpp):
-                left = line[x - bpp: x] if x else np.zeros(bpp, np.int32)
-                up = previous[x: x + bpp]
-                if kind == 3:
-                    line[x: x + bpp] = (line[x: x + bpp] + (left + up) // 2) & 255
-                else:
-                    corner = previous[x - bpp: x] if x else np.zeros(bpp, np.int32)
-                    p = left + up - corner
-                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - corner)
-                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner))
-                    line[x: x + bpp] = (line[x: x + bpp] + pred) & 255
-        elif kind != 0:
-            raise ValueError(f"bad PNG filter type {kind}")
-        out[y] = line
-        previous = line
-    return out.view(">u2").astype(np.uint16).reshape(height, width, channels)
-
-
-def _encode_png16(pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
-    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA by channel count), filter 0, ICC in iCCP."""
-    height, width, channels = pixels.shape
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
-    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
-    chunks = [chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
-    if icc_profile:
-        chunks.append(chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
-    chunks += [chunk(b"IDAT", zlib.compress(raw, PNG_COMPRESS_LEVEL)), chunk(b"IEND", b"")]
-    return _PNG_SIGNATURE + b"".join(chunks)
-
-
 def write_picture(path: PathLike, pixels: np.ndarray, *, format: str = "png", quality: int = 95,
                   icc_profile: bytes | None = None) -> list[str]:
     """Writes uint8 or uint16 ``(H, W, C)`` pixels (C: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
@@ -507,8 +416,7 @@ def write_picture(path: PathLike, pixels: np.ndarray, *, format: str = "png", qu
         if pixels.shape[-1] == 1:  # Pillow writes 16-bit grey PNGs itself
             image = Image.fromarray(pixels[..., 0])
         else:
-            data = _encode_png16(pixels, icc_profile)
-            write_atomic(path, data)
+            write_atomic(path, png16.encode(pixels, icc_profile, compress_level=PNG_COMPRESS_LEVEL))
             return notes
     else:
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels,

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageOps
 
-from drn_jax import image_io
+from drn_jax import image_io, png16
 
 # Orientation tag value -> the stored (H, W, C) pixels as displayed.
 UPRIGHT = {
@@ -61,7 +61,7 @@ def test_the_references_are_pillows_exif_transpose(tmp_path):
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
 def test_exif_orientation_of_a_16_bit_png(tmp_path, orientation):
     pixels = _pixels(np.uint16)
-    data = image_io._encode_png16(pixels, None)
+    data = png16.encode(pixels)
     exif = _exif(orientation).tobytes()
     exif = exif[6:] if exif.startswith(b"Exif\0\0") else exif  # eXIf holds the TIFF data alone
     ihdr_end = 8 + 8 + 13 + 4
@@ -100,7 +100,7 @@ def test_tiff_orientation_tag_at_8_and_16_bits(tmp_path, orientation):
 
 def test_a_16_bit_grey_and_alpha_png_keeps_16_bits_and_stays_grey(tmp_path):
     pixels = _pixels(np.uint16, channels=2, seed=3)
-    (tmp_path / "la.png").write_bytes(image_io._encode_png16(pixels, None))
+    (tmp_path / "la.png").write_bytes(png16.encode(pixels))
     assert (tmp_path / "la.png").read_bytes()[24:26] == bytes([16, 4])  # IHDR: 16 bits, grey + alpha
     picture = image_io.read_picture(tmp_path / "la.png")
     assert picture.bits == 16 and picture.grey
