@@ -6,7 +6,7 @@
     python eval.py --pretrained=x4 --data_dir=../shared/data/benchmark --datasets=Set5,Set14
 
 Prints the table (bicubic and DRN rows) and writes results.json, results.md and per_image.csv to
---output_dir (default <workdir>/eval). The work is done by `drn_jax.evaluation.run`.
+--output_dir (default <workdir>/eval). The work is done by `drn_jax.eval_cli.run`.
 """
 
 import logging
@@ -14,17 +14,9 @@ import logging
 from absl import app, flags
 from absl import logging as absl_logging
 
-from drn_jax import cli, evaluation
-from drn_jax.rundir import DEFAULT_WORKDIR
+from drn_jax import cli, eval_cli
 
-_WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR,
-                               "training workdir: its latest checkpoint and saved config are used")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "a checkpoint step folder <workdir>/checkpoints/<step>; overrides --workdir")
-_PRETRAINED = flags.DEFINE_string("pretrained", None,
-                                  "a pretrained model shipped with the package (e.g. x4; "
-                                  "`python -m drn_jax.pretrained list`), used instead of --workdir; "
-                                  "results go to runs/pretrained-<name>/eval by default")
+_MODEL = cli.define_model_flags(what="scored")
 _METHOD = flags.DEFINE_enum("method", "model", ["model", "bicubic"], "what to score")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "folder holding <Name>/HR/ image folders (Set5, Set14, ...)")
@@ -54,15 +46,15 @@ def main(argv):
     logging.getLogger("jax").setLevel(logging.WARNING)
     logging.getLogger("drn_jax.image_io").setLevel(logging.WARNING)
     cli.use_compilation_cache(_COMPILATION_CACHE.value)  # a rerun loads its programs
-    options = evaluation.EvalOptions(
-        workdir=None if _PRETRAINED.value else _WORKDIR.value, checkpoint=_CHECKPOINT.value,
-        pretrained=_PRETRAINED.value, method=_METHOD.value,
-        data_dir=_DATA_DIR.value, datasets=_DATASETS.value, scale=_SCALE.value,
-        output_dir=_OUTPUT_DIR.value, save_images=_SAVE_IMAGES.value,
-        self_ensemble=_SELF_ENSEMBLE.value, tile=_TILE.value, tile_overlap=_TILE_OVERLAP.value,
-        save_comparison=_SAVE_COMPARISON.value)
     with cli.user_errors():
-        evaluation.run(options)
+        source = _MODEL()
+        options = eval_cli.EvalOptions(
+            **{source.kind: source.location}, method=_METHOD.value,
+            data_dir=_DATA_DIR.value, datasets=_DATASETS.value, scale=_SCALE.value,
+            output_dir=_OUTPUT_DIR.value, save_images=_SAVE_IMAGES.value,
+            self_ensemble=_SELF_ENSEMBLE.value, tile=_TILE.value, tile_overlap=_TILE_OVERLAP.value,
+            save_comparison=_SAVE_COMPARISON.value)
+        eval_cli.run(options)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,14 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from drn_jax import loading
 from drn_jax.errors import USER_ERRORS, RunError, one_line
+from drn_jax.rundir import DEFAULT_WORKDIR
 
 __all__ = ["COMPILATION_CACHE_ENV", "COMPILATION_CACHE_FLAG", "compilation_cache_dir",
-           "define_compilation_cache_flag", "define_config_file", "exit_status", "parse_flags",
-           "print_error", "use_compilation_cache", "user_errors"]
+           "chosen_model", "define_compilation_cache_flag", "define_config_file", "define_model_flags",
+           "exit_status",
+           "parse_flags", "print_error", "use_compilation_cache", "user_errors"]
 
 COMPILATION_CACHE_FLAG = "compilation_cache"
 COMPILATION_CACHE_ENV = "DRN_JAX_COMPILATION_CACHE"
@@ -186,3 +189,31 @@ def use_compilation_cache(flag: str | None) -> pathlib.Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def define_model_flags(flag_values: flags.FlagValues | None = None, *, what: str = "used"
+                       ) -> Callable[[], loading.ModelSource]:
+    """Defines ``--pretrained``, ``--checkpoint`` and ``--workdir``, the one way every command
+    names a trained model; returns a function giving the `loading.ModelSource` they name
+    (`loading.model_source`: at most one of them; none is the default workdir). `what` ends
+    the flags' help, e.g. ``"exported"``."""
+    values = flag_values if flag_values is not None else flags.FLAGS
+    pretrained = flags.DEFINE_string(
+        "pretrained", None, f"a pretrained model shipped with the package (e.g. x4; `python -m "
+        f"drn_jax.pretrained list`), {what} instead of a training run", flag_values=values)
+    checkpoint = flags.DEFINE_string(
+        "checkpoint", None, f"a checkpoint step folder <workdir>/checkpoints/<step>, {what}",
+        flag_values=values)
+    workdir = flags.DEFINE_string(
+        "workdir", None, f"a training workdir whose latest checkpoint is {what} (default: "
+        f"{DEFAULT_WORKDIR}, what train.py writes, when no other source is given)", flag_values=values)
+    del pretrained, checkpoint, workdir  # read back by chosen_model
+    return lambda: chosen_model(values)
+
+
+def chosen_model(flag_values: flags.FlagValues | None = None) -> loading.ModelSource:
+    """The `loading.ModelSource` that the flags of `define_model_flags` name."""
+    values = flag_values if flag_values is not None else flags.FLAGS
+    return loading.model_source(pretrained=values["pretrained"].value, checkpoint=values["checkpoint"].value,
+                                workdir=values["workdir"].value)
+

@@ -17,10 +17,10 @@ versions would compile for each (a Set14 pass compiled 26 times, for 3 network c
 Datasets are ``<data_dir>/<Name>/HR/`` image folders (Set5, Set14, B100, Urban100, Manga109) or
 source strings of :mod:`drn_jax.data` (``samples:val``, ``folder:PATH``, ``tfds:...``).
 
-:func:`run` is ``eval.py``: it writes ``results.json`` (``{"<dataset>": {"psnr", "ssim",
+:func:`write_results` writes ``results.json`` (``{"<dataset>": {"psnr", "ssim",
 "gradient_psnr", "images"}}`` for the evaluated method, metadata under ``"_meta"``),
-``results.md`` (the table in the paper's layout), ``per_image.csv`` and, when asked, the SR
-images and comparison strips.
+``results.md`` (the table in the paper's layout) and ``per_image.csv``; eval.py's options and
+defaults are `drn_jax.eval_cli`.
 """
 
 from __future__ import annotations
@@ -39,17 +39,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from drn_jax import data, image_io, inference, loading, metrics, models, plots
+from drn_jax import data, image_io, inference, metrics, plots
 from drn_jax.files import write_atomic, write_json
 from drn_jax.resize import imresize_host, modcrop
-from drn_jax.rundir import DEFAULT_WORKDIR, RunDir
-from drn_jax.scales import BICUBIC_SCALES
 
 __all__ = [
     "METRICS",
     "PAPER_DATASETS",
     "Dataset",
-    "EvalOptions",
     "ImageScore",
     "Results",
     "evaluate",
@@ -59,15 +56,12 @@ __all__ = [
     "make_validator",
     "open_dataset",
     "read_benchmark_image",
-    "run",
     "to_grey",
     "write_results",
 ]
 
 PAPER_DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 METRICS = metrics.METRICS
-PRETRAINED_OUTPUT = "runs/pretrained-{name}/eval"  # eval.py --pretrained's default --output_dir
-DEFAULT_VAL = "samples:val"  # the default config's held-out photos
 BICUBIC, DRN = "Bicubic", "DRN"
 
 
@@ -381,135 +375,6 @@ def write_results(results: Results, output_dir: str | pathlib.Path, method: str,
                          f"{row.seconds:.4f}"])
     write_atomic(paths["csv"], buffer.getvalue())
     return paths
-
-
-# ---------------------------------------------------------------------------
-# eval.py
-# ---------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class EvalOptions:
-    """What ``eval.py``'s flags ask for; see ``python eval.py --help``."""
-
-    workdir: str | None = DEFAULT_WORKDIR
-    checkpoint: str | None = None
-    method: str = "model"  # model | bicubic
-    data_dir: str | None = None
-    datasets: Sequence[str] = ()
-    scale: int | None = None
-    output_dir: str | None = None
-    save_images: bool = False
-    self_ensemble: bool = False
-    tile: int | None = None
-    tile_overlap: int | None = None
-    save_comparison: bool = False
-    progress: bool = True
-    pretrained: str | None = None  # a shipped model (drn_jax.pretrained); used instead of workdir
-
-
-def _run_workdir(options: EvalOptions) -> pathlib.Path | None:
-    if options.pretrained:
-        return None
-    if options.checkpoint:  # <workdir>/checkpoints/<step>
-        return pathlib.Path(options.checkpoint).absolute().parent.parent
-    return pathlib.Path(options.workdir) if options.workdir else None
-
-
-def run(options: EvalOptions, *, print_fn: Callable[[str], None] = print) -> Results:
-    """Evaluates as ``eval.py`` does: loads the method, scores, prints the table, writes files.
-
-    Raises ``FileNotFoundError`` (no checkpoint, missing dataset), ``ValueError`` (bad options)
-    and :class:`~drn_jax.image_io.ImageReadError`, each with a one-line message.
-    """
-    if options.method not in ("model", "bicubic"):
-        raise ValueError(f"--method={options.method!r} is unknown; use model or bicubic")
-    workdir = _run_workdir(options)
-    config, meta = None, {}
-    methods: dict[str, inference.ImageUpscaler] = {}
-    if options.pretrained and options.method != "model":
-        raise ValueError(f"--pretrained scores a shipped model; drop it for --method={options.method}")
-    if options.pretrained and options.checkpoint:
-        raise ValueError("give --pretrained or --checkpoint, not both")
-    if options.method == "model":
-        if not options.pretrained and workdir is None:
-            raise ValueError("--method=model needs --workdir, --checkpoint or --pretrained")
-        config, model, variables = loading.load_model(
-            pretrained=options.pretrained, checkpoint=options.checkpoint,
-            workdir=None if options.checkpoint else workdir)
-        if options.scale is not None and options.scale != model.scale:
-            raise ValueError(f"the checkpoint's model upscales x{model.scale}; "
-                             f"drop --scale or pass --scale={model.scale}")
-        scale = model.scale
-        upscaler = inference.make_upscaler(model, variables=variables, tile=options.tile,
-                                           tile_overlap=options.tile_overlap,
-                                           self_ensemble=options.self_ensemble)
-        label = DRN + ("+" if options.self_ensemble else "")
-        methods = {BICUBIC: inference.BicubicUpscaler(scale), label: upscaler}
-        meta = {"label": label, "parameters": models.count_params(variables["params"]),
-                "workdir": str(workdir) if workdir else None, "checkpoint": options.checkpoint,
-                "pretrained": options.pretrained,
-                "self_ensemble": options.self_ensemble, "tile": options.tile,
-                "tile_overlap": upscaler.tile_overlap if options.tile else None,
-                "receptive_field_radius": inference.receptive_field_radius(model)}
-    else:
-        scale = options.scale or _saved_scale(workdir)
-        if scale is None:
-            raise ValueError("--scale is required with --method=bicubic when there is no run in "
-                             f"{workdir} to take it from")
-        label = BICUBIC
-        methods = {BICUBIC: inference.BicubicUpscaler(scale)}
-        meta = {"label": label, "parameters": 0}
-        config = _saved_config(workdir)
-    if scale not in BICUBIC_SCALES:
-        raise ValueError(f"--scale={scale} is not supported; use {', '.join(map(str, BICUBIC_SCALES))}")
-
-    specs = list(options.datasets)
-    if not specs:
-        if options.data_dir:
-            specs = find_datasets(options.data_dir)
-            if not specs:
-                raise FileNotFoundError(f"{options.data_dir}: no <Name>/HR/ dataset folders "
-                                        "(e.g. Set5/HR/); check --data_dir")
-        elif options.pretrained:
-            # The training run's validation source may not exist on this machine.
-            specs = [DEFAULT_VAL]
-        else:
-            specs = [config.data.val if config is not None else DEFAULT_VAL]
-    datasets = [open_dataset(spec, options.data_dir) for spec in specs]
-    if options.output_dir:
-        output_dir = pathlib.Path(options.output_dir)
-    elif options.pretrained:
-        output_dir = pathlib.Path(PRETRAINED_OUTPUT.format(name=options.pretrained))
-    else:
-        output_dir = RunDir(workdir or DEFAULT_WORKDIR).eval_dir
-
-    start = time.perf_counter()
-    results = evaluate(methods, datasets, scale, output_dir=output_dir,
-                       save_images=label if options.save_images else None,
-                       save_comparison=options.save_comparison, progress=options.progress)
-    seconds = time.perf_counter() - start
-    network = methods[label]
-    meta.update(compilations=network.compilations, wall_seconds=seconds)
-    paths = write_results(results, output_dir, label, meta)
-
-    print_fn(format_table(results).rstrip())
-    count = sum(len(d) for d in datasets)
-    line = f"{count} images in {seconds:.1f} s"
-    if options.method == "model":
-        line += f"; {network.compilations} network compilation{'s' * (network.compilations != 1)}"
-    print_fn(f"{line}; results in {paths['json']}")
-    return results
-
-
-def _saved_config(workdir: pathlib.Path | None):
-    """The config saved in ``workdir``, or None when there is no run there."""
-    run = RunDir(workdir) if workdir is not None else None
-    return run.load_config() if run is not None and run.has_config() else None
-
-
-def _saved_scale(workdir: pathlib.Path | None) -> int | None:
-    config = _saved_config(workdir)
-    return int(config.scale) if config is not None else None
 
 
 # ---------------------------------------------------------------------------

@@ -92,10 +92,10 @@ EXTRA_HINT = 'pip install "drn-jax[export]"'
 # The functions that are exported
 # ---------------------------------------------------------------------------
 
-def load_for_export(*, workdir: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                    pretrained: str | None = None) -> loading.LoadedModel:
-    """The model of one source (see :func:`drn_jax.loading.load_model`) with XLA's convolution."""
-    return loading.load_model(workdir=workdir, checkpoint=checkpoint, pretrained=pretrained, conv="xla")
+def load_for_export(source: loading.ModelSource | None = None, **source_kwargs: Any) -> loading.LoadedModel:
+    """The model of `source` (or of ``workdir=``/``checkpoint=``/``pretrained=``; see
+    :func:`drn_jax.loading.load_model`) with XLA's convolution."""
+    return loading.load_model(source, conv="xla", **source_kwargs)
 
 
 def predict_float(loaded: loading.LoadedModel) -> Callable[[jax.Array], jax.Array]:
@@ -437,11 +437,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_enum("format", None, list(FORMATS), "what to export to", flag_values=values)
     flags.DEFINE_string("output_dir", None, "the folder to create for the artifact and its model card",
                         flag_values=values)
-    flags.DEFINE_string("workdir", None, "training workdir whose latest checkpoint is exported", flag_values=values)
-    flags.DEFINE_string("checkpoint", None, "a checkpoint step folder <workdir>/checkpoints/<step>",
-                        flag_values=values)
-    flags.DEFINE_string("pretrained", None, "a pretrained model shipped with the package (e.g. x4); "
-                        "`python -m drn_jax.pretrained list` shows them", flag_values=values)
+    cli.define_model_flags(values, what="exported")
     flags.DEFINE_integer("scale", None, "check that the model upscales by this factor", flag_values=values)
     cli.define_compilation_cache_flag(values)  # used by run(), the console script
 
@@ -465,12 +461,12 @@ def _export(rest: Sequence[str], values: flags.FlagValues) -> int:
         raise ValueError(f"unexpected argument {rest[0]!r}; usage: {USAGE}")
     if not values.format or not values.output_dir:
         raise ValueError(f"--format and --output_dir are required; usage: {USAGE}")
-    if sum(bool(v) for v in (values.pretrained, values.workdir, values.checkpoint)) != 1:
-        raise ValueError(f"give one of --pretrained, --workdir or --checkpoint; usage: {USAGE}")
-    loaded = load_for_export(workdir=values.workdir, checkpoint=values.checkpoint, pretrained=values.pretrained)
+    source = cli.chosen_model(values)
+    loaded = load_for_export(source)
     if values.scale is not None and values.scale != loaded.model.scale:
         raise ValueError(f"{loaded.source}: the model upscales x{loaded.model.scale}, not x{values.scale}")
-    artifact = export(loaded, values.format, values.output_dir, pretrained_name=values.pretrained)
+    artifact = export(loaded, values.format, values.output_dir,
+                      pretrained_name=source.location if source.kind == "pretrained" else None)
     print(f"exported {loaded.source} as {values.format}: {artifact} "
           f"({artifact_bytes(artifact) / 1e6:.2f} MB), {artifact.parent / CARD_JSON}, {artifact.parent / CARD_MD}")
     return 0

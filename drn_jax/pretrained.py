@@ -87,9 +87,8 @@ def export(source: str | os.PathLike, name: str, *, card: Mapping[str, Any] | No
         are added where ``card`` does not give them.
       path: the pretrained folder (default: :func:`drn_jax.zoo.directory`).
     """
-    source = pathlib.Path(source).expanduser()
-    is_step = source.name.isdigit() and source.parent.name == "checkpoints"
-    loaded = loading.load_model(checkpoint=source) if is_step else loading.load_model(workdir=source)
+    model_source = loading.ModelSource.of_path(source)
+    loaded = loading.load_model(model_source)
     config, run = loaded.config.to_dict(), loaded.run
     for key in ("train", "val"):
         config["data"][key] = portable_source(config["data"][key])
@@ -104,7 +103,8 @@ def export(source: str | os.PathLike, name: str, *, card: Mapping[str, Any] | No
         "images_per_second": summary.get("images_per_second"),
         "machine": machine_description(),
         "exported": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "source": run.path.name if not is_step else f"{run.path.name}/checkpoints/{loaded.step}",
+        "source": (run.path.name if model_source.kind == "workdir"
+                   else f"{run.path.name}/checkpoints/{loaded.step}"),
         "ema": bool(config.get("ema_decay", 0.0)),
     }
     span = _log_span(run.metrics_file)
@@ -219,9 +219,7 @@ USAGE = """python -m drn_jax.pretrained COMMAND [flags]
 
 
 def _define_flags(values: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "training workdir (its latest checkpoint)", flag_values=values)
-    flags.DEFINE_string("checkpoint", None, "a checkpoint step folder <workdir>/checkpoints/<step>",
-                        flag_values=values)
+    cli.define_model_flags(values, what="exported")
     flags.DEFINE_string("name", None, "the model's name, e.g. x4", flag_values=values)
     flags.DEFINE_string("card_from", None, "an eval.py results.json of this run: its scores go into the card",
                         flag_values=values)
@@ -260,15 +258,18 @@ def _run(rest: Sequence[str], values: flags.FlagValues) -> int:
         print(write_model_card(rest[1], values.dir))
         return 0
     if command == "export" and len(rest) == 1:
-        if bool(values.workdir) == bool(values.checkpoint) or not values.name:
+        if not values.name:
             raise ValueError("export needs --name and one of --workdir or --checkpoint")
+        source = cli.chosen_model(values)
+        if source.kind == "pretrained":
+            raise ValueError("export makes a pretrained model of a training run: give --workdir or --checkpoint")
         card: dict[str, Any] = {}
         if values.card_from:
             card.update(card_from_results(values.card_from))
         for key in ("data", "notes", "machine"):
             if values[key].value:
                 card[key] = values[key].value
-        params_path = export(values.checkpoint or values.workdir, values.name, card=card, path=values.dir)
+        params_path = export(source.location, values.name, card=card, path=values.dir)
         card_path = write_model_card(values.name, values.dir)
         print(f"exported {values.name}: {params_path} ({params_path.stat().st_size / 1e6:.2f} MB), "
               f"{params_path.with_suffix('.json')}, {card_path}")

@@ -58,7 +58,6 @@ from scipy import ndimage
 from drn_jax import cli, image_io, inference, loading
 from drn_jax.errors import ImageReadError, one_line
 from drn_jax.resize import imresize_host
-from drn_jax.rundir import DEFAULT_WORKDIR
 
 __all__ = ["define_flags", "fill_transparent", "main", "outscale_size", "run", "upscale_picture"]
 
@@ -70,12 +69,7 @@ USAGE = "drn-upscale INPUT... --output_dir=DIR [--pretrained=NAME | --workdir=RU
 def define_flags(values: flags.FlagValues) -> None:
     """drn-upscale's flags, in `values` (a private `flags.FlagValues`: no global flags)."""
     flags.DEFINE_string("output_dir", None, "folder for the upscaled images", flag_values=values)
-    flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "training workdir whose latest checkpoint is used",
-                        flag_values=values)
-    flags.DEFINE_string("checkpoint", None, "a checkpoint step folder <workdir>/checkpoints/<step>",
-                        flag_values=values)
-    flags.DEFINE_string("pretrained", None, "a pretrained model shipped with the package (e.g. x4), used "
-                        "instead of --workdir; `python -m drn_jax.pretrained list` shows them", flag_values=values)
+    cli.define_model_flags(values, what="used")
     flags.DEFINE_enum("method", "model", ["model", "bicubic"],
                       "the network, or MATLAB bicubic as a baseline", flag_values=values)
     flags.DEFINE_integer("scale", None, "upscaling factor (bicubic only; a model has its own)", flag_values=values)
@@ -219,9 +213,7 @@ def _load_upscaler(values: flags.FlagValues) -> inference.Upscaler:
         return inference.make_upscaler(_bicubic_predict(values.scale), values.scale, tile=tile,
                                        tile_overlap=BICUBIC_RADIUS if tile else None)
     overrides = {"dtype": jnp.bfloat16} if values.dtype == "bfloat16" else {}
-    config, model, variables = loading.load_model(
-        pretrained=values.pretrained, checkpoint=values.checkpoint,
-        workdir=None if values.checkpoint else values.workdir, **overrides)
+    config, model, variables = loading.load_model(cli.chosen_model(values), **overrides)
     if values.scale is not None and values.scale != model.scale:
         raise ValueError(f"the checkpoint's model upscales x{model.scale}; drop --scale")
     return inference.make_upscaler(model, variables=variables, tile=values.tile or None,

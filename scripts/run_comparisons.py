@@ -19,7 +19,7 @@ seed keys both the initial weights and the order of the training crops.
 
 Each run is ``<out>/<variant>-s<seed>/``: a training workdir (``config.json``, ``metrics.jsonl``,
 ``checkpoints/``, ``summary.json``) plus ``results.json`` (and ``results.md``, ``per_image.csv``)
-from :func:`drn_jax.evaluation.run` on Set5 and Set14 x4. A run with ``summary.json`` is trained,
+from :func:`drn_jax.eval_cli.run` on Set5 and Set14 x4. A run with ``summary.json`` is trained,
 one with ``results.json`` too is done; rerunning the command skips what is done, resumes an
 interrupted run from its checkpoint (Ctrl-C saves one) and evaluates what is not evaluated.
 Finally the report (``--report``, default ``docs/results.md``, figures in ``docs/figures/``) is
@@ -317,11 +317,11 @@ def machine_description() -> str:
 
 def evaluate_run(run_dir: pathlib.Path, benchmark_dir: pathlib.Path) -> dict[str, Any]:
     """Set5 and Set14 x4 scores of the run's last checkpoint, as ``<run_dir>/results.json``."""
-    from drn_jax import evaluation
+    from drn_jax import eval_cli
 
-    options = evaluation.EvalOptions(workdir=str(run_dir), data_dir=str(benchmark_dir), datasets=DATASETS,
+    options = eval_cli.EvalOptions(workdir=str(run_dir), data_dir=str(benchmark_dir), datasets=DATASETS,
                                      output_dir=str(run_dir), progress=False)
-    evaluation.run(options, print_fn=lambda line: print("    " + line.replace("\n", "\n    "), flush=True))
+    eval_cli.run(options, print_fn=lambda line: print("    " + line.replace("\n", "\n    "), flush=True))
     return json.loads((run_dir / "results.json").read_text())
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import cli, evaluation, upscale
+from drn_jax import cli, eval_cli, evaluation, upscale
 from test_reliability import REPO, TINY, Run, config_flags, error_lines, subprocess_env
 
 UNUSABLE = {  # file -> what its message says
@@ -198,7 +198,7 @@ def test_eval_skips_each_bad_file_with_one_line(battery, trained, tmp_path, tmp_
 
 def run_eval(capsys, **options) -> tuple[int, list[str], str]:
     with pytest.raises(SystemExit) as exit_info, cli.user_errors():
-        evaluation.run(evaluation.EvalOptions(progress=False, **options))
+        eval_cli.run(eval_cli.EvalOptions(progress=False, **options))
     err = capsys.readouterr().err
     return exit_info.value.code, error_lines(err), err
 

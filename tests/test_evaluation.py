@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import evaluation, inference, loading, models, plots
+from drn_jax import eval_cli, evaluation, inference, loading, models, plots
 from tiny_models import tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_model_evaluates_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loading, "load_model", load_model)
     lines = []
-    results = evaluation.run(evaluation.EvalOptions(
+    results = eval_cli.run(eval_cli.EvalOptions(
         workdir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), save_images=True,
         save_comparison=True, progress=False), print_fn=lines.append)
 
@@ -131,7 +131,7 @@ def test_eval_py_without_checkpoint_says_so(tmp_path):
 
 def test_bicubic_without_scale_or_run_is_a_usage_error(tmp_path):
     with pytest.raises(ValueError, match="--scale is required"):
-        evaluation.run(evaluation.EvalOptions(method="bicubic", workdir=str(tmp_path)))
+        eval_cli.run(eval_cli.EvalOptions(method="bicubic", workdir=str(tmp_path)))
 
 
 def test_missing_dataset_names_what_is_there(benchmark_dir):

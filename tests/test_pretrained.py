@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import evaluation, loading, pretrained, training, upscale, zoo
+from drn_jax import eval_cli, evaluation, loading, pretrained, training, upscale, zoo
 from drn_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_corrupted_parameters_are_refused(tiny_run, pretrained_dir):
 def test_eval_pretrained_equals_eval_workdir(tiny_run, image_folder, pretrained_dir, tmp_path):
     """eval.py --pretrained (default output folder) scores exactly what --workdir scores."""
     source = f"folder:{image_folder}"
-    by_workdir = evaluation.run(evaluation.EvalOptions(
+    by_workdir = eval_cli.run(eval_cli.EvalOptions(
         workdir=str(tiny_run), datasets=[source], output_dir=str(tmp_path / "workdir_eval"), progress=False),
         print_fn=lambda _: None)
     pretrained.export(tiny_run, "tiny")
@@ -136,9 +136,9 @@ def test_eval_pretrained_equals_eval_workdir(tiny_run, image_folder, pretrained_
 
 def test_eval_options_refuse_pretrained_with_checkpoint_or_bicubic(pretrained_dir):
     with pytest.raises(ValueError, match="not both"):
-        evaluation.run(evaluation.EvalOptions(pretrained="x", checkpoint="runs/a/checkpoints/1"))
+        eval_cli.run(eval_cli.EvalOptions(pretrained="x", checkpoint="runs/a/checkpoints/1"))
     with pytest.raises(ValueError, match="--method=bicubic"):
-        evaluation.run(evaluation.EvalOptions(pretrained="x", method="bicubic", scale=4))
+        eval_cli.run(eval_cli.EvalOptions(pretrained="x", method="bicubic", scale=4))
 
 
 def test_upscale_pretrained_equals_workdir(tiny_run, image_folder, pretrained_dir, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_shipped_model_scores_its_model_card(name, benchmark_dir, monkeypatch, t
     assert (zoo.PACKAGE_DIRECTORY / f"{name}.md").is_file()
     assert (zoo.PACKAGE_DIRECTORY / f"{name}.msgpack").stat().st_size < 8 * 2**20
     settings = card.get("evaluation", {})
-    results = evaluation.run(evaluation.EvalOptions(
+    results = eval_cli.run(eval_cli.EvalOptions(
         pretrained=name, data_dir=str(benchmark_dir), datasets=["Set5", "Set14"], output_dir=str(tmp_path),
         self_ensemble=bool(settings.get("self_ensemble")), tile=settings.get("tile"),
         tile_overlap=settings.get("tile_overlap"), progress=False), print_fn=lambda _: None)

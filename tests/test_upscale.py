@@ -53,7 +53,7 @@ def tiny_checkpoint(monkeypatch):
     """`load_model` returning a small random DRN, as a checkpoint would."""
     model, variables = tiny_model()
     config = ml_collections.ConfigDict({"scale": 4})
-    monkeypatch.setattr(loading, "load_model", lambda **sources: (config, model, variables))
+    monkeypatch.setattr(loading, "load_model", lambda *source, **kwargs: (config, model, variables))
 
 
 def check_outcomes(stderr: str, inputs: pathlib.Path, outputs: pathlib.Path, expected: dict[str, str]):

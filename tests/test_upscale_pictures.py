@@ -35,7 +35,7 @@ def enlarge_1d(values, factor):
 def tiny_checkpoint(monkeypatch):
     model, variables = tiny_model()
     config = ml_collections.ConfigDict({"scale": 4})
-    monkeypatch.setattr(loading, "load_model", lambda **sources: (config, model, variables))
+    monkeypatch.setattr(loading, "load_model", lambda *source, **kwargs: (config, model, variables))
     return model, variables
 
 
