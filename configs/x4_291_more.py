@@ -18,7 +18,7 @@ Target: Set5 x4 >= 31.53 dB and Set14 >= 28.03 dB (VDSR's row of the paper's x4 
 from drn_jax import recipes
 from drn_jax.config import base_config
 
-DEFAULT_STEPS = 10_000
+DEFAULT_STEPS = 8_000
 
 
 def get_config(steps: str | None = None):
@@ -26,7 +26,7 @@ def get_config(steps: str | None = None):
     recipes.with_steps(config, steps or DEFAULT_STEPS, decay_every=5 / 12)
     config.init_from = "x4"
     config.learning_rate = 2e-4
-    config.seed = 1  # other crops than stage 1's first 10k steps (the stream is a function of the seed)
+    config.seed = 1  # other crops than stage 1's first 8k steps (the stream is a function of the seed)
     config.checkpoint_every_steps = 1_000
     config.log_every_steps = 100
     config.eval_every_steps = 1_000
