@@ -28,10 +28,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "where results go (default
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False,
                                  "save SR outputs as <output_dir>/images/<dataset>/<name>.png")
 _SELF_ENSEMBLE = flags.DEFINE_bool("self_ensemble", False, "average the 8 flips/rotations (DRN+)")
-_TILE = flags.DEFINE_integer("tile", None, "run the network on tiles of this many LR pixels (bounded memory)")
-_TILE_OVERLAP = flags.DEFINE_integer("tile_overlap", None,
-                                     "LR pixels of context around each tile (default: the receptive-field "
-                                     "radius, which makes tiling exact)")
+_TILE, _TILE_OVERLAP = cli.define_tile_flags()
 _SAVE_COMPARISON = flags.DEFINE_bool("save_comparison", False,
                                      "save bicubic | DRN | HR crop strips to <output_dir>/comparisons/")
 _COMPILATION_CACHE = cli.define_compilation_cache_flag()
@@ -52,7 +49,7 @@ def main(argv):
             **{source.kind: source.location}, method=_METHOD.value,
             data_dir=_DATA_DIR.value, datasets=_DATASETS.value, scale=_SCALE.value,
             output_dir=_OUTPUT_DIR.value, save_images=_SAVE_IMAGES.value,
-            self_ensemble=_SELF_ENSEMBLE.value, tile=_TILE.value, tile_overlap=_TILE_OVERLAP.value,
+            self_ensemble=_SELF_ENSEMBLE.value, tile=_TILE.value or None, tile_overlap=_TILE_OVERLAP.value,
             save_comparison=_SAVE_COMPARISON.value)
         eval_cli.run(options)
 

@@ -15,6 +15,21 @@ command loads its programs instead of compiling them. Where it lives, first matc
 4. ``$XDG_CACHE_HOME/drn-jax/xla``, else ``~/.cache/drn-jax/xla``.
 
 Library code never sets it: it is process-wide JAX state.
+
+One vocabulary, for every entry point, script and benchmark (absl flags, underscores):
+
+* ``--output_dir``: the folder a command writes into (``--output``: one output file).
+* ``--data_dir``: a folder of benchmark sets, ``<data_dir>/<Name>/HR/`` (Set5, Set14, ...);
+  ``--train_dir``: a folder of training image folders (``T91/``, ``BSD200/``);
+  ``--tfds_data_dir``: a TFDS data folder (the config's ``data.tfds_data_dir``). Their defaults
+  come from `drn_jax.recipes.shared_data_dir` (``$DRN_DATA_DIR``).
+* ``--pretrained`` / ``--checkpoint`` / ``--workdir``: the model (`define_model_flags`);
+  ``--workdir`` is ``runs/default`` when no source is given, as train.py's.
+* ``--config=FILE[:STEPS]`` and ``--config.<field>=VALUE``: a training config and its overrides.
+* ``--tile`` / ``--tile_overlap``: the tile budget in LR pixels per side (0: whole images) and
+  the context around each tile (`define_tile_flags`), the same default everywhere.
+* ``--quick``: a smoke-sized run of a script or benchmark.
+* ``--compilation_cache``: see above.
 """
 
 from __future__ import annotations
@@ -35,9 +50,9 @@ from drn_jax import loading
 from drn_jax.errors import USER_ERRORS, RunError, one_line
 from drn_jax.rundir import DEFAULT_WORKDIR
 
-__all__ = ["COMPILATION_CACHE_ENV", "COMPILATION_CACHE_FLAG", "compilation_cache_dir",
-           "chosen_model", "define_compilation_cache_flag", "define_config_file", "define_model_flags",
-           "exit_status",
+__all__ = ["COMPILATION_CACHE_ENV", "COMPILATION_CACHE_FLAG", "DEFAULT_TILE", "chosen_model",
+           "compilation_cache_dir", "console_command", "define_compilation_cache_flag",
+           "define_config_file", "define_model_flags", "define_tile_flags", "exit_status",
            "parse_flags", "print_error", "use_compilation_cache", "user_errors"]
 
 COMPILATION_CACHE_FLAG = "compilation_cache"
@@ -216,4 +231,40 @@ def chosen_model(flag_values: flags.FlagValues | None = None) -> loading.ModelSo
     values = flag_values if flag_values is not None else flags.FLAGS
     return loading.model_source(pretrained=values["pretrained"].value, checkpoint=values["checkpoint"].value,
                                 workdir=values["workdir"].value)
+
+
+def console_command(name: str, define_flags: Callable[[flags.FlagValues], None],
+                    body: Callable[[Sequence[str], flags.FlagValues], int], argv: Sequence[str] | None = None,
+                    *, entry_point: bool = False) -> int:
+    """Runs a console script's command line in private flags; returns its exit status.
+
+    `define_flags` defines the flags in a fresh `flags.FlagValues` (with
+    `define_compilation_cache_flag` among them when the command compiles), and `body(rest,
+    values)` runs with the arguments that are not flags. `argv` defaults to ``sys.argv[1:]``.
+    With `entry_point` (the console script, not an in-process caller) the process is set up
+    first: JAX's compilation cache (`use_compilation_cache`), when the command has its flag.
+    """
+    values = flags.FlagValues()
+    define_flags(values)
+    rest = parse_flags([name, *(sys.argv[1:] if argv is None else argv)], values)[1:]
+    if entry_point and COMPILATION_CACHE_FLAG in values:
+        use_compilation_cache(values[COMPILATION_CACHE_FLAG].value)  # process-wide JAX config
+    return exit_status(body, rest, values)
+
+
+DEFAULT_TILE = 256
+"""The tile budget, LR pixels per side: a 1-megapixel photo at x4 runs in a few tiles on a CPU."""
+
+
+def define_tile_flags(flag_values: flags.FlagValues | None = None) -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """Defines ``--tile`` and ``--tile_overlap`` (see the module docstring); returns their holders.
+    Tiling is exact (tests/test_inference.py): it bounds memory and changes no output."""
+    values = flag_values if flag_values is not None else flags.FLAGS
+    tile = flags.DEFINE_integer(
+        "tile", DEFAULT_TILE, "tile budget: tiles of at most TILE² LR pixels, fitted to each image; "
+        "0 runs whole images", lower_bound=0, flag_values=values)
+    overlap = flags.DEFINE_integer(
+        "tile_overlap", None, "LR pixels of context around each tile (default: the network's "
+        "receptive-field radius, which makes tiling exact)", lower_bound=0, flag_values=values)
+    return tile, overlap
 

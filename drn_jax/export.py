@@ -445,15 +445,10 @@ def define_flags(values: flags.FlagValues) -> None:
 def main(argv: Sequence[str] | None = None, *, entry_point: bool = False) -> int:
     """Runs the command line; returns the exit status (0, or 2 for what the user can fix).
 
-    `entry_point`: True from :func:`run`, the console script, which sets up the process (JAX's
-    compilation cache, :func:`drn_jax.cli.use_compilation_cache`); in-process callers leave it.
+    `entry_point`: True from :func:`run`, the console script, which sets up the process
+    (:func:`drn_jax.cli.console_command`); in-process callers leave it.
     """
-    values = flags.FlagValues()
-    define_flags(values)
-    rest = cli.parse_flags(["drn-export", *(sys.argv[1:] if argv is None else argv)], values)[1:]
-    if entry_point:  # process-wide JAX config: for the console script, not in-process callers
-        cli.use_compilation_cache(values[cli.COMPILATION_CACHE_FLAG].value)
-    return cli.exit_status(_export, rest, values)
+    return cli.console_command("drn-export", define_flags, _export, argv, entry_point=entry_point)
 
 
 def _export(rest: Sequence[str], values: flags.FlagValues) -> int:

@@ -91,17 +91,21 @@ def _conv3x3(
     )
 
 
-class ResidualModule(nn.Module):
-    """``x + conv3x3(relu(conv3x3(x)))``: EDSR-style, no batch norm, no residual scaling.
-
-    Maps ``(B, H, W, features)`` to the same shape. With ``sizes`` (``(B, 2)`` valid sizes at
-    this resolution, see the module docstring) each convolution's output is zeroed outside them.
-    """
+class _ConvStack(nn.Module):
+    """The fields of a module made of 3×3 convolutions: width, dtypes and algorithm."""
 
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     conv: str = "auto"  # the convolution algorithm, one of CONV_ALGORITHMS (see DRN)
+
+
+class ResidualModule(_ConvStack):
+    """``x + conv3x3(relu(conv3x3(x)))``: EDSR-style, no batch norm, no residual scaling.
+
+    Maps ``(B, H, W, features)`` to the same shape. With ``sizes`` (``(B, 2)`` valid sizes at
+    this resolution, see the module docstring) each convolution's output is zeroed outside them.
+    """
 
     @nn.compact
     def __call__(self, x: jax.Array, sizes: jax.Array | None = None) -> jax.Array:
@@ -168,17 +172,12 @@ class PrimalBlock(nn.Module):
         return x, image
 
 
-class DualBlock(nn.Module):
+class DualBlock(_ConvStack):
     """One dual block ``D_i``: ``conv3x3 stride 2 (3->F) -> ReLU -> conv3x3 F->3``.
 
     Maps a ``(B, H, W, 3)`` image to ``(B, ceil(H/2), ceil(W/2), 3)`` (exactly half for even
     sizes, which is all DRN feeds it), the learnt counterpart of downsampling.
     """
-
-    features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    conv: str = "auto"  # the convolution algorithm, one of CONV_ALGORITHMS (see DRN)
 
     @nn.compact
     def __call__(self, image: jax.Array, sizes: jax.Array | None = None) -> jax.Array:

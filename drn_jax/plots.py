@@ -6,7 +6,7 @@
   training).
 * :func:`plot_psnr_vs_params` plots one point per ``results.json`` (x: parameters, log scale;
   y: PSNR), one panel per dataset, bicubic as a dashed line. Matplotlib with the Agg backend.
-  ``python -m drn_jax.plots runs/*/eval/results.json --out fig.png`` does it from the shell.
+  ``python -m drn_jax.plots runs/*/eval/results.json --output fig.png`` does it from the shell.
 * :func:`plot_training_curves` plots validation PSNR (or another eval metric) against training
   steps from runs' ``metrics.jsonl`` files, several runs (and seeds) on one figure, as the
   paper's Fig. 2 does for its losses. Matplotlib with the Agg backend.
@@ -18,6 +18,7 @@ import json
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -187,6 +188,17 @@ def plot_psnr_vs_params(result_files: Sequence[str | pathlib.Path], out: str | p
         ax.set_xlabel("parameters")
         ax.set_ylabel("PSNR (dB, Y)")
         ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, out)
+
+
+# ---------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------
+
+def _save(fig: Any, out: str | pathlib.Path) -> pathlib.Path:
+    """Saves a matplotlib figure as a PNG at `out` (its folder made) and closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,10 +206,6 @@ def plot_psnr_vs_params(result_files: Sequence[str | pathlib.Path], out: str | p
     plt.close(fig)
     return out
 
-
-# ---------------------------------------------------------------------------
-# Training curves
-# ---------------------------------------------------------------------------
 
 def load_eval_curve(path: str | pathlib.Path, metric: str = "psnr") -> tuple[list[int], list[float]]:
     """``(steps, values)`` of ``metric`` from the ``"eval"`` events of a run's ``metrics.jsonl``.
@@ -280,12 +288,7 @@ def plot_training_curves(curves: Mapping[str, Sequence[str | pathlib.Path]], out
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _run_name(path: str | pathlib.Path) -> str:
@@ -293,22 +296,23 @@ def _run_name(path: str | pathlib.Path) -> str:
     return path.parent.parent.name if path.parent.name == "eval" else path.parent.name
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m drn_jax.plots RESULTS.json... --out=fig.png [--datasets=..] [--labels=..]``."""
-    values = flags.FlagValues()
-    flags.DEFINE_string("out", None, "output image (PNG, PDF or SVG)", flag_values=values)
+def _define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("output", None, "output image (PNG, PDF or SVG)", flag_values=values)
     flags.DEFINE_list("datasets", None, "dataset panels (default: all)", flag_values=values)
     flags.DEFINE_list("labels", None, "point labels, one per results file", flag_values=values)
-    results = cli.parse_flags(["drn_jax.plots", *(sys.argv[1:] if argv is None else argv)], values)[1:]
-    return cli.exit_status(_plot, results, values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m drn_jax.plots RESULTS.json... --output=fig.png [--datasets=..] [--labels=..]``."""
+    return cli.console_command("drn_jax.plots", _define_flags, _plot, argv)
 
 
 def _plot(results: Sequence[str], values: flags.FlagValues) -> int:
-    if not results or not values.out:
-        raise ValueError("usage: python -m drn_jax.plots RESULTS.json... --out=FILE")
+    if not results or not values.output:
+        raise ValueError("usage: python -m drn_jax.plots RESULTS.json... --output=FILE")
     if values.labels and len(values.labels) != len(results):
         raise ValueError(f"--labels has {len(values.labels)} names for {len(results)} files")
-    print(plot_psnr_vs_params(results, values.out, labels=values.labels, datasets=values.datasets))
+    print(plot_psnr_vs_params(results, values.output, labels=values.labels, datasets=values.datasets))
     return 0
 
 

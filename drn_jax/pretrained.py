@@ -167,6 +167,8 @@ def model_card(metadata: Mapping[str, Any]) -> str:
         f"| loss | {loss.get('name')}, λ {loss.get('lam')}, dual weight {loss.get('dual_weight')} |",
         f"| steps | {card.get('steps')} (batch {card.get('batch_size')}, HR patch {card.get('hr_patch_size')}) |",
         f"| learning rate | {_schedule(config)}; parameter EMA {config.get('ema_decay')} |",
+        *([f"| initialised from | `{card.get('init_from') or config['init_from']}` (warm start, "
+           "docs/method.md) |"] if config.get("init_from") else []),
         f"| wall time | {_duration(card.get('wall_seconds'))} (training alone {_duration(card.get('train_seconds'))}) |",
     ]
     if card.get("images_per_second"):
@@ -243,10 +245,7 @@ def _list(folder: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line (see `USAGE`); returns the exit status, 2 for usage errors."""
-    values = flags.FlagValues()
-    _define_flags(values)
-    rest = cli.parse_flags(["drn_jax.pretrained", *(sys.argv[1:] if argv is None else argv)], values)[1:]
-    return cli.exit_status(_run, rest, values)
+    return cli.console_command("drn_jax.pretrained", _define_flags, _run, argv)
 
 
 def _run(rest: Sequence[str], values: flags.FlagValues) -> int:

@@ -27,6 +27,11 @@ DEFAULT_WORKDIR = "runs/default"
 """Where ``python train.py`` trains the embedded default, and eval.py and drn-upscale look first."""
 
 
+def _inside(name: str) -> property:
+    """A `RunDir` attribute: the path ``<workdir>/<name>``."""
+    return property(lambda self: self.path / name, doc=f"``<workdir>/{name}``")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """The files of the training run in `path` (which need not exist yet)."""
@@ -44,29 +49,12 @@ class RunDir:
             raise FileNotFoundError(f"{step_dir}: not a checkpoint step folder (<workdir>/checkpoints/<step>)")
         return cls(step_dir.parent.parent), int(step_dir.name)
 
-    @property
-    def config_file(self) -> pathlib.Path:
-        return self.path / "config.json"
-
-    @property
-    def metrics_file(self) -> pathlib.Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def summary_file(self) -> pathlib.Path:
-        return self.path / "summary.json"
-
-    @property
-    def checkpoints(self) -> pathlib.Path:
-        return self.path / "checkpoints"
-
-    @property
-    def tensorboard(self) -> pathlib.Path:
-        return self.path / "tensorboard"
-
-    @property
-    def eval_dir(self) -> pathlib.Path:
-        return self.path / "eval"
+    config_file = _inside("config.json")
+    metrics_file = _inside("metrics.jsonl")
+    summary_file = _inside("summary.json")
+    checkpoints = _inside("checkpoints")
+    tensorboard = _inside("tensorboard")
+    eval_dir = _inside("eval")
 
     def has_config(self) -> bool:
         return self.config_file.is_file()

@@ -61,7 +61,7 @@ from drn_jax.resize import imresize_host
 
 __all__ = ["define_flags", "fill_transparent", "main", "outscale_size", "run", "upscale_picture"]
 
-DEFAULT_TILE = 256
+DEFAULT_TILE = cli.DEFAULT_TILE
 BICUBIC_RADIUS = 2  # LR pixels the bicubic kernel reads on each side when enlarging
 USAGE = "drn-upscale INPUT... --output_dir=DIR [--pretrained=NAME | --workdir=RUN | --checkpoint=STEP_DIR]"
 
@@ -86,10 +86,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_bool("overwrite", False, "replace existing outputs", flag_values=values)
     flags.DEFINE_bool("self_ensemble", False, "average the 8 flips/rotations (8x slower, slightly better)",
                       flag_values=values)
-    flags.DEFINE_integer("tile", DEFAULT_TILE, "tile budget: tiles of at most TILE² LR pixels, fitted to each "
-                         "image; 0 runs whole images", lower_bound=0, flag_values=values)
-    flags.DEFINE_integer("tile_overlap", None, "LR pixels of context around each tile (default: the "
-                         "receptive-field radius)", lower_bound=0, flag_values=values)
+    cli.define_tile_flags(values)
     flags.DEFINE_integer("tiles_per_device", 1, "tiles each device runs per network call", lower_bound=1,
                          flag_values=values)
     flags.DEFINE_integer("max_pixels", image_io.DEFAULT_MAX_PIXELS,
@@ -224,15 +221,9 @@ def _load_upscaler(values: flags.FlagValues) -> inference.Upscaler:
 def main(argv: Sequence[str] | None = None, *, entry_point: bool = False) -> int:
     """Runs the command line; returns the exit status (see the module docstring).
 
-    `entry_point`: True from :func:`run`, the console script, which sets up the process (JAX's
-    compilation cache, :func:`drn_jax.cli.use_compilation_cache`); in-process callers leave it.
+    `entry_point`: True from :func:`run`, the console script, which sets up the process
+    (:func:`drn_jax.cli.console_command`); in-process callers leave it.
     """
-    values = flags.FlagValues()
-    define_flags(values)
-    inputs = cli.parse_flags(["drn-upscale", *(sys.argv[1:] if argv is None else argv)], values)[1:]
-    if entry_point:  # process-wide JAX config: for the console script, not in-process callers
-        cli.use_compilation_cache(values[cli.COMPILATION_CACHE_FLAG].value)
-
     # The entry point shows image_io's notes above the progress bar; undone on exit.
     handler = _TqdmHandler()
     io_logger = logging.getLogger(image_io.__name__)
@@ -241,7 +232,7 @@ def main(argv: Sequence[str] | None = None, *, entry_point: bool = False) -> int
     io_logger.setLevel(logging.INFO)
     io_logger.propagate = False
     try:
-        return cli.exit_status(_upscale_all, inputs, values)
+        return cli.console_command("drn-upscale", define_flags, _upscale_all, argv, entry_point=entry_point)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

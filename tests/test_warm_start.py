@@ -85,3 +85,14 @@ def test_initial_params_from_a_pretrained_name_and_the_train_state(tmp_path, mon
     config8.init_from = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="neither a pretrained model"):
         warm_start.initial_params(config8, model8)
+
+
+def test_model_card_names_the_warm_start():
+    from drn_jax import pretrained
+
+    config = config_lib.base_config()
+    config.init_from = "x4"
+    meta = {"name": "x8", "parameters": 1, "config": config.to_dict(), "card": {}}
+    assert "| initialised from | `x4` (warm start" in pretrained.model_card(meta)
+    config.init_from = ""
+    assert "initialised from" not in pretrained.model_card({**meta, "config": config.to_dict()})
