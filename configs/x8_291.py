@@ -16,7 +16,12 @@ Why these values (the budget is ~150 minutes of the project's 2-core CPU, in one
   as a copy of the x4's last block. The default `"x4"` names the shipped x4 model; the one
   this model was trained from is recorded in its card (its parameters' sha256). In a 240-step
   x8 pilot of this recipe the warm start scored 26.25 dB on Set5 against 24.63 from random
-  initialisation (and 25.78 for the previous x8 model after 8,000 steps).
+  initialisation (and 25.78 for the previous x8 model after 8,000 steps):
+
+      python train.py --config=configs/x8_291.py:240 --workdir=runs/pilots_x8/warm \\
+          --config.eval_every_steps=120 --config.log_every_steps=40
+      python train.py --config=configs/x8_291.py:240 --workdir=runs/pilots_x8/scratch \\
+          --config.eval_every_steps=120 --config.log_every_steps=40 --config.init_from=
 * The x4 pilots' recipe (docs/results.md): the pixel + gradient loss of Eq. 3 with lambda 2,
   Adam at 8e-4 with two x0.3 step decays at 5/12 and 10/12 of the run, dual weight 0.1, dual +
   progressive, parameter EMA 0.999 (evaluated and exported).
