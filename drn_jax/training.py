@@ -126,6 +126,11 @@ def make_train_step(config: ml_collections.ConfigDict, model: models.DRN,
         # shard, so it is the mean of the per-device means. Differentiating through
         # `pmean` gives each device the averaged gradient of the replicated parameters
         # (shard_map psums the cotangent of a replicated input), i.e. pmap semantics.
+        # That psum sits where the parameters first meet the data: cast to vary over the data
+        # axis here, in their own float32, the gradients are summed in float32. Left to the
+        # model, the cast would come after its bfloat16 cast, and with model.dtype bfloat16
+        # the devices' gradients would be summed in bfloat16 (on TPU; CPUs upcast it).
+        params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, DATA_AXIS, to="varying"), params)
         total, terms = loss_fn(params, hr_uint8)
         return jax.lax.pmean((total, terms), DATA_AXIS)
 

@@ -9,16 +9,19 @@ metrics'), or if an op of the CPU-only Winograd kernels (drn_jax/ops/winograd.py
 program: float32 at 16 channels is exactly where ``conv="auto"`` picks them on a CPU.
 """
 
+import collections
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
 
-from drn_jax import flops, inference, model_factory, models
+from drn_jax import flops, inference, model_factory, models, train_state, training
 from drn_jax.config import base_config
 
 from conftest import REPO
@@ -108,3 +111,23 @@ def test_the_winograd_check_sees_winograd_ops():
     xla = tiny_model(conv="xla")
     text = inference.ModelRunner(xla).lower({"params": params}, (1, SIDE, SIDE, 3)).compile().as_text()
     assert not any(path.endswith("ops/winograd.py") for path in hlo_text.parse_module(text).files)
+
+
+def test_gradients_are_summed_in_float32_for_a_bfloat16_model():
+    # The step's psum of the gradients sits where the replicated parameters first meet the
+    # data; it must run on their float32 cotangents, not on those of their bfloat16 casts (TPU
+    # compilers keep a bfloat16 all-reduce; the CPU's upcasts it, so the lowered program is read).
+    config = base_config()
+    config.model.update(features=8, modules_per_block=1, dtype="bfloat16")
+    config.data.hr_patch_size, config.batch_size = 32, 8
+    model = model_factory.create_model(config)
+    optimizer = train_state.create_optimizer(config)
+    mesh = training.make_mesh()
+    state = jax.eval_shape(lambda key: train_state.create_train_state(config, model, optimizer, key),
+                           jax.random.key(0))
+    hr = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.uint8)
+    text = training.make_train_step(config, model, optimizer, mesh).lower(state, hr).as_text()
+    reduced = collections.Counter(re.sub(r"tensor<(?:[0-9]+x)*", "", t).rstrip(">") for t in
+                                  re.findall(r'"stablehlo.all_reduce".*?\}\) : \((tensor<[^>]*>)\)', text, re.S))
+    # Every parameter's gradient (and the loss terms) in float32: 33 arrays for this DRN.
+    assert reduced == {"f32": len(jax.tree.leaves(model_factory.abstract_params(model))) + 7}
