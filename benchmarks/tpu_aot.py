@@ -379,6 +379,7 @@ class Worker:
         points: list[tuple[int, dict]] = []
         if known and known.get("compiled"):
             points.append((known["per_chip_batch"], known))
+        points += self._compiled_before(name, remat)  # earlier runs' compiles of the same step
         fits, fails = 0, None
         for _ in range(MEMORY_SEARCH_COMPILES):
             good = [(b, r) for b, r in points if r.get("compiled") and r.get("fits")]
@@ -407,20 +408,33 @@ class Worker:
                    "first_failing_per_chip_batch": fails, "step": BATCH_STEP}
         self.emit(summary)
 
+    def _compiled_before(self, name: str, remat: bool) -> list[tuple[int, dict]]:
+        """(per-chip batch, record) of the training steps of this config already in ``--out``."""
+        if not self.out.exists():
+            return []
+        config = load_config(name)
+        same = dict(topology=self.topology.name, program="train", config=name, remat=remat,
+                    hr=config.data.hr_patch_size, dtype=config.model.dtype, features=config.model.features,
+                    modules_per_block=config.model.modules_per_block)
+        found = {}
+        for r in map(json.loads, filter(str.strip, open(self.out))):
+            if all(r.get(k) == v for k, v in same.items()) and (r.get("compiled") or r.get("out_of_memory")):
+                found[r["per_chip_batch"]] = r
+        return sorted(found.items())
+
     @staticmethod
     def _predict(points: list[tuple[int, dict]]) -> int | None:
         """The batch where total memory reaches 95% of HBM, by a line through the compiled points."""
-        measured = sorted((b, r["memory"]["total"], r["memory"]["hbm"]) for b, r in points
-                          if r.get("compiled") and "memory" in r)
+        measured = sorted((b, r["memory"]["total"], r["memory"]["hbm"], r["memory"]["arguments"])
+                          for b, r in points if r.get("compiled") and "memory" in r)
         if not measured:
             return None
         hbm = measured[0][2] * 0.95
         if len(measured) == 1:
-            batch, total, _ = measured[0]
-            fixed = points[0][1]["memory"]["arguments"]  # the state; the rest grows with the batch
+            batch, total, _, fixed = measured[0]  # the state is fixed; the rest grows with the batch
             per_image = max(total - fixed, 1) / batch
             return int((hbm - fixed) / per_image)
-        (b0, m0, _), (b1, m1, _) = measured[0], measured[-1]
+        (b0, m0, _, _), (b1, m1, _, _) = measured[0], measured[-1]
         slope = (m1 - m0) / max(b1 - b0, 1)
         if slope <= 0:
             return None
