@@ -131,3 +131,61 @@ def test_gradients_are_summed_in_float32_for_a_bfloat16_model():
                                   re.findall(r'"stablehlo.all_reduce".*?\}\) : \((tensor<[^>]*>)\)', text, re.S))
     # Every parameter's gradient (and the loss terms) in float32: 33 arrays for this DRN.
     assert reduced == {"f32": len(jax.tree.leaves(model_factory.abstract_params(model))) + 7}
+
+
+HLO = """HloModule jit_step, is_scheduled=true
+
+FileNames
+1 "drn_jax/models.py"
+2 "drn_jax/losses.py"
+
+FunctionNames
+1 "f"
+
+FileLocations
+1 {file_name_id=1 function_name_id=1 line=3 end_line=3 column=1 end_column=1}
+2 {file_name_id=2 function_name_id=1 line=5 end_line=5 column=1 end_column=1}
+
+StackFrames
+1 {file_location_id=1 parent_frame_id=1}
+2 {file_location_id=2 parent_frame_id=1}
+
+%fused_negate (param_0: bf16[4,192,192,3]) -> bf16[4,192,192,3] {
+  %param_0 = bf16[4,192,192,3]{0,3,2,1:T(4,128)(2,1)} parameter(0)
+  ROOT %negate.1 = bf16[4,192,192,3]{0,3,2,1:T(4,128)(2,1)} negate(%param_0), metadata={op_name="a(b)"}
+}
+
+ENTRY %main (a: bf16[4,192,192,3], b: bf16[48,32,7,64]) -> (bf16[4,192,192,3], bf16[12,32,7,64]) {
+  %a = bf16[4,192,192,3]{0,3,2,1:T(4,128)(2,1)} parameter(0)
+  %b = bf16[48,32,7,64]{3,1,2,0:T(8,128)(2,1)} parameter(1)
+  %fusion.1 = bf16[4,192,192,3]{0,3,2,1:T(4,128)(2,1)} fusion(%a), kind=kLoop, calls=%fused_negate, metadata={op_name="jit(step)/DRN/neg" stack_frame_id=1}, backend_config={"window_config":{"estimated_cycles":"2169","x":"{)"}}
+  %slice-start.2 = ((bf16[48,32,7,64]{3,1,2,0:T(8,128)(2,1)}), bf16[12,32,7,64]{3,1,2,0:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) slice-start(%b), slice={[0:12], [0:32], [0:7], [0:64]}
+  %slice-done.2 = bf16[12,32,7,64]{3,1,2,0:T(8,128)(2,1)S(1)} slice-done(%slice-start.2)
+  %all-reduce.3 = (f32[]{:T(128)}, bf16[3,3,64,3]{2,3,1,0:T(4,128)(2,1)}) all-reduce(%a, %b), channel_id=1, to_apply=%add, metadata={op_name="psum" stack_frame_id=2}
+  ROOT %tuple.4 = (bf16[4,192,192,3]{0,3,2,1:T(4,128)(2,1)}, bf16[12,32,7,64]{3,1,2,0:T(8,128)(2,1)S(1)}) tuple(%fusion.1, %slice-done.2)
+}
+"""
+
+
+def test_hlo_text_bytes_by_layout_and_memory_space():
+    module = hlo_text.parse_module(HLO)
+    assert [i.opcode for i in module.entry] == ["parameter", "parameter", "fusion", "slice-start", "slice-done",
+                                                "all-reduce", "tuple"]
+    fusion, start, done, reduce = module.entry[2:6]
+    assert (fusion.called, fusion.estimated_cycles, fusion.op_name) == ("fused_negate", 2169, "jit(step)/DRN/neg")
+    # (4, 192, 192, 3) with dimension 0 minor: the tile (4, 128) pads the batch of 4 to 128 lanes
+    # and the 3 channels to 4 rows, 42.7x the logical bytes, read once and written once.
+    padded = 128 * 192 * 192 * 4 * 2
+    assert hlo_text.instruction_bytes(module, fusion) == 2 * padded
+    assert hlo_text.instruction_bytes(module, fusion, padded=False) == 2 * 4 * 192 * 192 * 3 * 2
+    # A slice into on-chip memory (S(1)) reads its HBM operand (64 channels padded to 128) and
+    # writes the slice; only the read is HBM traffic. Its -done moves nothing more.
+    read, written = 48 * 32 * 7 * 128 * 2, 12 * 32 * 7 * 128 * 2
+    assert hlo_text.instruction_bytes(module, start) == read + written
+    assert hlo_text.instruction_bytes(module, start, on_chip=False) == read
+    assert hlo_text.instruction_bytes(module, done) == 0
+    assert module.source_file(fusion) == "drn_jax/models.py" and module.source_file(reduce) == "drn_jax/losses.py"
+    assert module.origin(done) == "" and module.origin(fusion) == "drn_jax/models.py"
+    (collective,) = hlo_text.collectives(module)
+    assert collective == {"kind": "all-reduce", "bytes": 4 + 3 * 3 * 64 * 3 * 2, "arrays": 2,
+                          "dtypes": ["bf16", "f32"], "op_name": "psum"}
