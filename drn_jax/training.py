@@ -129,8 +129,10 @@ def make_train_step(config: ml_collections.ConfigDict, model: models.DRN,
         # That psum sits where the parameters first meet the data: cast to vary over the data
         # axis here, in their own float32, the gradients are summed in float32. Left to the
         # model, the cast would come after its bfloat16 cast, and with model.dtype bfloat16
-        # the devices' gradients would be summed in bfloat16 (on TPU; CPUs upcast it).
-        params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, DATA_AXIS, to="varying"), params)
+        # the devices' gradients would be summed in bfloat16 (on TPU; CPUs upcast it). A
+        # float32 model's gradients are float32 already: its program stays as it was.
+        if config.model.dtype != "float32":
+            params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, DATA_AXIS, to="varying"), params)
         total, terms = loss_fn(params, hr_uint8)
         return jax.lax.pmean((total, terms), DATA_AXIS)
 
