@@ -126,6 +126,8 @@ _TRAIN_DTYPE = flags.DEFINE_string("train_dtype", "", "override model.dtype of t
 _OUT = flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "tpu_aot.jsonl"), "JSON lines, appended")
 _HLO_DIR = flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO text here")
 _TABLE = flags.DEFINE_string("table", "", "print the Markdown tables of this JSON-lines file and exit")
+_REANALYSE = flags.DEFINE_string("reanalyse", "", "recompute --out's HLO-derived fields from the HLO texts "
+                                  "in this folder (--hlo_dir of the runs) and exit")
 _WORKER = flags.DEFINE_string("worker", "", "internal: compile for this topology in this process")
 _TIMEOUT = flags.DEFINE_integer("timeout", 6 * 3600, "seconds per topology process")
 
@@ -208,6 +210,13 @@ def analyse(compiled, lowered, chip: Chip) -> dict:
     record["bytes_accessed"] = float(costs.get("bytes accessed", 0.0))
     record["transcendentals"] = float(costs.get("transcendentals", 0.0))
     text = compiled.as_text()
+    record.update(analyse_text(text))
+    return record, text
+
+
+def analyse_text(text: str) -> dict:
+    """What the optimised HLO text says: collectives, Winograd ops, convolutions, bytes by source."""
+    record: dict = {}
     module = hlo_text.parse_module(text)
     record["collectives"] = summarise_collectives(hlo_text.collectives(module))
     winograd = [i for i in module.instructions.values() if "ops/winograd.py" in module.source_file(i)]
@@ -238,7 +247,7 @@ def analyse(compiled, lowered, chip: Chip) -> dict:
          "shape": i.shape[:160], "operands": [module.instructions[o].shape[:100] for o in i.operands
                                               if o in module.instructions][:4]}
         for moved, name, i in fusions[:25]]
-    return record, text
+    return record
 
 
 def summarise_collectives(found: list[dict]) -> list[dict]:
@@ -326,9 +335,7 @@ class Worker:
         if _HLO_DIR.value:
             folder = pathlib.Path(_HLO_DIR.value)
             folder.mkdir(parents=True, exist_ok=True)
-            tag = "_".join(str(base[k]) for k in ("program", "config", "global_batch", "remat", "lr_side", "dtype")
-                           if k in base)
-            (folder / f"{self.topology.name}_{tag}.hlo.txt").write_text(text)
+            (folder / hlo_file_name(record)).write_text(text)
         return record
 
     # --- train ---------------------------------------------------------------------------
@@ -498,6 +505,32 @@ class Worker:
                 self.emit(self.upscale_program("tile", name, _TILE.value, "bfloat16", local))
 
 
+def hlo_file_name(record: dict) -> str:
+    tag = "_".join(str(record[k]) for k in ("program", "config", "global_batch", "remat", "lr_side", "dtype")
+                   if record.get(k) is not None)
+    return f"{record['topology']}_{tag}.hlo.txt"
+
+
+def reanalyse(path: str, folder: str) -> int:
+    """Recomputes the HLO-derived fields of the records in `path` from the HLO texts saved in
+    `folder` (``--hlo_dir``), after a change to the analysis; nothing is compiled again."""
+    lines, updated = [], 0
+    for line in open(path):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        hlo = pathlib.Path(folder) / hlo_file_name(record) if "topology" in record else None
+        if record.get("compiled") and hlo is not None and hlo.exists():
+            record.update(analyse_text(hlo.read_text()))
+            images = record.get("per_chip_batch") or 1
+            roofline(record, CHIPS[record["chip"]], images)
+            updated += 1
+        lines.append(json.dumps(record))
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    print(f"{updated} records of {path} reanalysed from {folder}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------
@@ -528,15 +561,9 @@ def table(path: str) -> str:
              "| GFLOP: compiler / analytic (ratio) | GB per step | bound | roofline ms | img/s per chip "
              "| of bf16 peak | gradient all-reduce | Winograd ops |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [_train_row(r) for r in rows if r["program"] == "train" and r.get("search") != "max"]
-    searched = [r for r in rows if r["program"] == "train" and r.get("search") == "max"]
-    if searched:
-        lines += ["", "Searching the largest per-chip batch (compiled at these; memory per chip)", "",
-                  "| config | slice | batch (per chip) | remat | memory args / temp / out / **total**, GiB (HBM) "
-                  "| GFLOP: compiler / analytic (ratio) | GB per step | bound | roofline ms | img/s per chip "
-                  "| of bf16 peak | gradient all-reduce | Winograd ops |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [_train_row(r) for r in searched]
+    train = [r for r in rows if r["program"] == "train"]
+    train.sort(key=lambda r: (r["config"], r["remat"], r["chip"] != "v5e", r["chips"], r["per_chip_batch"]))
+    lines += [_train_row(r) for r in train]
     limits = [r for r in rows if r["program"] == "train_max"]
     if limits:
         lines += ["", f"Largest per-chip batch that fits (multiples of {BATCH_STEP})", "",
@@ -600,6 +627,8 @@ def _infer_row(r: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if _REANALYSE.value:
+        return reanalyse(_OUT.value, _REANALYSE.value)
     if _TABLE.value:
         print(table(_TABLE.value))
         return 0
