@@ -195,6 +195,19 @@ class Module:
         frame = instruction.stack_frame
         return self.frame_files.get(frame, "") if frame is not None else ""
 
+    def origin_instruction(self, instruction: Instruction) -> Instruction:
+        """The instruction itself if it has a stack frame, else the first operand it came from
+        that has one (see :meth:`origin`); itself if none has."""
+        stack, seen = [instruction], set()
+        while stack:
+            current = stack.pop(0)
+            if current.stack_frame is not None:
+                return current
+            seen.add(current.name)
+            stack.extend(self.instructions[name] for name in current.operands
+                         if name in self.instructions and name not in seen)
+        return instruction
+
     def origin(self, instruction: Instruction, _seen: set | None = None) -> str:
         """:meth:`source_file`, or for an op the compiler added (a copy between memory spaces or
         layouts, a slice, a pad: no stack frame of its own) that of the first operand it came

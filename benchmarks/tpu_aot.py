@@ -43,6 +43,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -128,6 +129,7 @@ _HLO_DIR = flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO tex
 _TABLE = flags.DEFINE_string("table", "", "print the Markdown tables of this JSON-lines file and exit")
 _REANALYSE = flags.DEFINE_string("reanalyse", "", "recompute --out's HLO-derived fields from the HLO texts "
                                   "in this folder (--hlo_dir of the runs) and exit")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "--table: also each training step's bytes by network part")
 _WORKER = flags.DEFINE_string("worker", "", "internal: compile for this topology in this process")
 _TIMEOUT = flags.DEFINE_integer("timeout", 6 * 3600, "seconds per topology process")
 
@@ -192,6 +194,19 @@ def category(source: str) -> str:
     return next((name for key, name in CATEGORIES if key in source), "other")
 
 
+def layer(op_name: str, source_category: str) -> str:
+    """The network part an op belongs to, from its JAX name stack (Flax module paths), and
+    whether it is of the backward pass: ``"residual@1 backward"``, ``"upsample@0 forward"``, ..."""
+    direction = "backward" if "transpose(" in op_name else "forward"
+    if "dual_blocks" in op_name:
+        return f"dual blocks {direction}"
+    block = re.search(r"primal_blocks_(\d+)", op_name)
+    for part in ("residual", "upsample", "to_rgb", "head"):
+        if block and f"/{part}" in op_name:
+            return f"{part}@{block.group(1)} {direction}"
+    return f"{source_category} {direction}" if source_category == "network" else source_category
+
+
 def analyse(compiled, lowered, chip: Chip) -> dict:
     """The compiler's figures for one compiled program (per device)."""
     record: dict = {}
@@ -224,12 +239,18 @@ def analyse_text(text: str) -> dict:
     record["winograd_file_in_hlo"] = any(path.endswith("ops/winograd.py") for path in module.files)
     record["convolutions"] = sum(i.opcode == "convolution" for i in module.instructions.values())
     by_category: dict[str, dict[str, float]] = {}
+    by_layer: dict[str, dict[str, float]] = {}
     fusions = []
     for instruction in module.entry:
         moved = hlo_text.instruction_bytes(module, instruction)
         if not moved:
             continue
-        name = category(module.origin(instruction))
+        origin = module.origin_instruction(instruction)
+        name = category(module.source_file(origin))
+        part = by_layer.setdefault(layer(origin.op_name, name), {"bytes": 0.0, "hbm_bytes": 0.0, "estimated_cycles": 0})
+        part["bytes"] += moved
+        part["hbm_bytes"] += hlo_text.instruction_bytes(module, instruction, on_chip=False)
+        part["estimated_cycles"] += instruction.estimated_cycles
         entry = by_category.setdefault(name, {"bytes": 0.0, "hbm_bytes": 0.0, "logical_bytes": 0.0,
                                               "instructions": 0, "estimated_cycles": 0})
         entry["bytes"] += moved
@@ -239,6 +260,7 @@ def analyse_text(text: str) -> dict:
         entry["estimated_cycles"] += instruction.estimated_cycles
         fusions.append((moved, name, instruction))
     record["bytes_by_category"] = by_category
+    record["bytes_by_layer"] = by_layer
     for key in ("bytes", "hbm_bytes", "logical_bytes", "estimated_cycles"):
         record[f"hlo_{key}"] = sum(entry[key] for entry in by_category.values())
     fusions.sort(key=lambda item: -item[0])
@@ -570,12 +592,38 @@ def table(path: str) -> str:
                   "| config | slice | remat | fits | first that does not |", "|---|---|---|---|---|"]
         lines += [f"| {r['config']} | {r['topology']} | {str(r['remat']).lower()} | {r['per_chip_batch']} "
                   f"| {r.get('first_failing_per_chip_batch') or 'not searched'} |" for r in limits]
+    if _BREAKDOWN.value:
+        for r in train:
+            if r.get("compiled") and r.get("bytes_by_layer"):
+                lines += ["", *breakdown(r)]
     lines += ["", "Inference programs, one call per chip", "",
               "| program | config | chip / slice | LR side × batch | dtype | conv | memory total, GiB (HBM) "
               "| GFLOP: compiler / analytic (ratio) | GB per call | bound | roofline ms | of bf16 peak | Winograd ops |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_infer_row(r) for r in rows if r["program"] in ("validate", "eval", "tile")]
     return "\n".join(lines)
+
+
+def breakdown(r: dict) -> list[str]:
+    """Markdown: a step's bytes by network part and pass (and the loss, the pyramid, the
+    optimiser), from the optimised HLO's instructions (operands + outputs, tile-padded)."""
+    parts = r["bytes_by_layer"]
+    total = sum(p["bytes"] for p in parts.values())
+    hbm = sum(p["hbm_bytes"] for p in parts.values())
+    cycles = sum(p["estimated_cycles"] for p in parts.values()) or 1
+    images = r["per_chip_batch"]
+    lines = [f"Where the bytes go: {r['config']} step on {r['topology']}, {images} images per chip"
+             f"{', remat' if r['remat'] else ''} (HLO: {total / 1e9:.2f} GB in all memory spaces, "
+             f"{hbm / 1e9:.2f} GB in HBM; `cost_analysis` {r['bytes_accessed'] / 1e9:.2f} GB)", "",
+             "| part | GB | share | MB per image | of which HBM, GB | share of the compiler's cycle estimates |",
+             "|---|---|---|---|---|---|"]
+    for name, p in sorted(parts.items(), key=lambda item: -item[1]["bytes"]):
+        if p["bytes"] < 0.002 * total:
+            continue
+        lines.append(f"| {name} | {p['bytes'] / 1e9:.2f} | {100 * p['bytes'] / total:.1f}% "
+                     f"| {p['bytes'] / images / 1e6:.0f} | {p['hbm_bytes'] / 1e9:.2f} "
+                     f"| {100 * p['estimated_cycles'] / cycles:.1f}% |")
+    return lines
 
 
 def _pair(a: float | None, b: float | None, fmt: str) -> str:
