@@ -67,9 +67,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import run_comparisons as rc  # beside this script
+import run_comparisons as rc  # beside this script: the comparisons' catalogue
 from PIL import Image
 
+from drn_jax import experiments as ex
 from drn_jax import image_io, lockstep, training
 from drn_jax.errors import RunError
 from drn_jax.files import write_atomic, write_json
@@ -93,7 +94,7 @@ DEFAULT_SEEDS = (0, 1)
 # Fig. 2's and Table 4's settings; the baseline belongs to both.
 SETTINGS = ("base", "mae", "mse", "gradient", "plain", "dual", "progressive")
 COMPARISONS = ("fig2", "table4")
-BEGIN, END = rc.KEPT_BLOCKS[1]
+BEGIN, END = ex.KEPT_BLOCKS[1]
 # Files of a run folder that --export copies (not checkpoints/ or tensorboard/).
 EXPORTED = ("config.json", "metrics.jsonl", "summary.json", "results.json", "results.md", "per_image.csv",
             "log.txt")
@@ -109,7 +110,7 @@ KERNEL_SECONDS = 4e-6
 # The plan
 # ---------------------------------------------------------------------------
 
-def plan(seeds: Sequence[int] = DEFAULT_SEEDS, only: str | None = None) -> list[rc.Variant]:
+def plan(seeds: Sequence[int] = DEFAULT_SEEDS, only: str | None = None) -> list[ex.Variant]:
     """The settings to train (run_comparisons' variants, every one with `seeds`), in order.
 
     `only`: comma-separated comparisons (fig2, table4) or settings (base, mae, ...).
@@ -159,7 +160,7 @@ def pack_images(data_dir: pathlib.Path, benchmark_dir: pathlib.Path, pack: pathl
     their own names. Set5/HR and Set14/HR are stored byte for byte (their grey files are scored
     as grey). ``manifest.json`` lists every file with the checksum `unpack` checks. Returns the manifest.
     """
-    source = rc.train_source(data_dir)[len("folder:"):].split(",")
+    source = ex.train_source(data_dir)[len("folder:"):].split(",")
     entries, blobs = [], []
     for folder in map(pathlib.Path, source):
         for path in image_io.list_images(folder):
@@ -174,7 +175,7 @@ def pack_images(data_dir: pathlib.Path, benchmark_dir: pathlib.Path, pack: pathl
             entries.append({"path": target, "member": target + ".webp", "kind": "pixels",
                             "shape": list(pixels.shape), "sha256": _pixels_digest(pixels)})
             blobs.append(packed)
-    for dataset in rc.DATASETS:
+    for dataset in ex.DATASETS:
         folder = benchmark_dir / dataset / "HR"
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such folder; see --benchmark_dir")
@@ -298,7 +299,7 @@ def prepare(args: argparse.Namespace) -> int:
 # Training and scoring
 # ---------------------------------------------------------------------------
 
-def export_runs(out: pathlib.Path, runs: Sequence[rc.Run], export: pathlib.Path) -> None:
+def export_runs(out: pathlib.Path, runs: Sequence[ex.Run], export: pathlib.Path) -> None:
     """Copies each run's small files (see `EXPORTED`) and the state file to `export`."""
     for run in runs:
         for name in EXPORTED:
@@ -306,9 +307,9 @@ def export_runs(out: pathlib.Path, runs: Sequence[rc.Run], export: pathlib.Path)
             if source.is_file():
                 (export / run.name).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, export / run.name / name)
-    if (out / rc.STATE_FILE).is_file():
+    if (out / ex.STATE_FILE).is_file():
         export.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / rc.STATE_FILE, export / rc.STATE_FILE)
+        shutil.copyfile(out / ex.STATE_FILE, export / ex.STATE_FILE)
 
 
 def _enable_compilation_cache(folder: pathlib.Path) -> None:
@@ -319,19 +320,12 @@ def _enable_compilation_cache(folder: pathlib.Path) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _read_json(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     deadline = time.monotonic() + 60 * (args.max_minutes - args.score_minutes) if args.max_minutes else None
     variants = plan(args.seeds, args.only)
-    runs = rc.runs_of(variants)
-    overrides = [*(rc.TINY_OVERRIDES if args.tiny else ()), *(rc.parse_override(o) for o in args.override)]
+    runs = ex.runs_of(variants)
+    overrides = [*(rc.TINY_OVERRIDES if args.tiny else ()), *(ex.parse_override(o) for o in args.override)]
     out: pathlib.Path = args.out
     work = pathlib.Path(tempfile.mkdtemp(prefix="drn-device-data-")) if args.unpack is None else args.unpack
     try:
@@ -339,21 +333,16 @@ def train(args: argparse.Namespace) -> int:
         print(f"unpacked {args.data} in {time.perf_counter() - start:.0f} s", flush=True)
         configs = {run.name: rc.build_config(run, steps=args.steps, data_dir=data_dir, benchmark_dir=benchmark_dir,
                                              overrides=overrides) for run in runs}
-        for run in runs:
-            saved = _read_json(out / run.name / "config.json")
-            differences = rc.config_differences(saved, configs[run.name]) if saved is not None else []
-            if differences:
-                raise ValueError(f"{out / run.name} was trained with other settings ({'; '.join(differences[:3])}); "
-                                 "rerun with the same --steps/--override/--tiny, or use another --out")
+        ex.check_settings(out, configs)
         out.mkdir(parents=True, exist_ok=True)
         _enable_compilation_cache(out / ".jax_cache")
-        state = _read_json(out / rc.STATE_FILE) or {}
+        state = ex.read_json(out / ex.STATE_FILE) or {}
         state.update(machine=machine_description(), steps=args.steps, seeds=list(args.seeds),
                      overrides=[f"{k}={v!r}" for k, v in overrides], lockstep=True)
         state.setdefault("runs", {})
 
         def save_state() -> None:
-            write_json(out / rc.STATE_FILE, state)
+            write_json(out / ex.STATE_FILE, state)
 
         save_state()
         todo = [run for run in runs if not (out / run.name / "summary.json").is_file()]
@@ -376,12 +365,11 @@ def train(args: argparse.Namespace) -> int:
                 if (out / run.name / "results.json").is_file():
                     continue
                 scored_from = time.perf_counter()
-                scores = rc.evaluate_run(out / run.name, benchmark_dir)
+                scores = ex.evaluate_run(out / run.name, benchmark_dir)
                 state["runs"][run.name] = {"score_seconds": time.perf_counter() - scored_from,
                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
                 save_state()
-                line = ", ".join(f"{d} {scores[d]['psnr']:.2f} dB" for d in rc.DATASETS if d in scores)
-                print(f"[{index}/{len(runs)}] {run.name}: {line}", flush=True)
+                print(f"[{index}/{len(runs)}] {run.name}: {ex.score_line(scores)}", flush=True)
         state["wall_seconds"] = time.perf_counter() - start
         save_state()
         print(f"done in {format_duration(time.perf_counter() - start)}", flush=True)
@@ -397,11 +385,11 @@ def train(args: argparse.Namespace) -> int:
 # The report
 # ---------------------------------------------------------------------------
 
-def report_block(out: pathlib.Path | None, report: pathlib.Path, variants: Sequence[rc.Variant],
+def report_block(out: pathlib.Path | None, report: pathlib.Path, variants: Sequence[ex.Variant],
                  command: str) -> str:
     """The block of docs/results.md, from the run folders in `out` (None or empty: not run yet)."""
-    runs = rc.runs_of(variants)
-    state = (_read_json(out / rc.STATE_FILE) if out is not None else None) or {}
+    runs = ex.runs_of(variants)
+    state = (ex.read_json(out / ex.STATE_FILE) if out is not None else None) or {}
     done = [run for run in runs if out is not None and (out / run.name / "results.json").is_file()]
     steps = state.get("steps", DEFAULT_STEPS)
     seeds = variants[0].seeds
@@ -423,25 +411,18 @@ def report_block(out: pathlib.Path | None, report: pathlib.Path, variants: Seque
             "device command and its estimate, 5 to 7 minutes of an H200.", "", END])
     comparisons = [rc.COMPARISON_BY_NAME[name] for name in COMPARISONS]
     lines += [intro, "", "Reproduce with (scripts/README.md gives the device step):", "", f"    {command}", ""]
-    lines += rc.setup_lines(out, runs, heading="###")
-    sections, verdicts = rc.comparison_sections(out, report, comparisons, variants, heading="###",
+    lines += ex.setup_lines(out, runs, heading="###")
+    sections, verdicts = ex.comparison_sections(out, report, comparisons, variants, heading="###",
                                                 title_suffix=f" ({steps:,} steps)", figure_suffix="_8k")
-    lines += sections + rc.overall_lines(out, verdicts, variants, heading="###")
-    lines += rc.runs_table(out, runs, heading="###")
+    lines += sections + ex.overall_lines(out, verdicts, variants, heading="###")
+    lines += ex.runs_table(out, runs, heading="###")
     return "\n".join(lines).rstrip("\n") + "\n" + END
 
 
 def write_block(report: pathlib.Path, block: str) -> str:
     """Puts `block` into `report`: in place of the old one, else before the pilots' block, else last."""
     text = report.read_text() if report.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif rc.KEPT_BLOCKS[0][0] in text:
-        head, rest = text.split(rc.KEPT_BLOCKS[0][0], 1)
-        text = head + block + "\n\n" + rc.KEPT_BLOCKS[0][0] + rest
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    text = ex.put_block(text, block, BEGIN, END, before=ex.KEPT_BLOCKS[0][0])
     write_atomic(report, text)
     return text
 
@@ -450,7 +431,7 @@ def report(args: argparse.Namespace) -> int:
     out = args.out
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"{out}: no such folder; pass the folder `train --export` wrote")
-    state = (_read_json(out / rc.STATE_FILE) or {}) if out is not None else {}
+    state = (ex.read_json(out / ex.STATE_FILE) or {}) if out is not None else {}
     variants = plan(state.get("seeds", DEFAULT_SEEDS))
     command = "python scripts/run_device_comparisons.py train --out runs/comparisons_8k"
     if state.get("steps", DEFAULT_STEPS) != DEFAULT_STEPS:
@@ -474,7 +455,7 @@ def estimate(args: argparse.Namespace) -> int:
     totals = {"flops": 0.0, "bytes": 0.0, "convolutions": 0, "instructions": 0}
     print(f"{'setting':12s} {'GFLOP/step':>11s} {'GB/step':>8s} {'convs':>6s} {'HLO ops':>8s}")
     for variant in variants:
-        run = rc.Run(rc.run_name(variant.name, variant.seeds[0]), variant, variant.seeds[0])
+        run = ex.Run(ex.run_name(variant.name, variant.seeds[0]), variant, variant.seeds[0])
         config = rc.build_config(run, steps=args.steps, data_dir=pathlib.Path("."), benchmark_dir=pathlib.Path("."),
                                  overrides=[("model.conv", "xla")])
         model, optimizer = create_model(config), create_optimizer(config)
@@ -568,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "steps", 1) < 1:
         raise SystemExit(f"error: --steps={args.steps} must be at least 1")
     command = {"prepare": prepare, "train": train, "report": report, "estimate": estimate}[args.command]
-    return rc.exit_status(lambda: command(args))
+    return ex.run_script(lambda: command(args))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import pathlib
 import sys
@@ -34,22 +33,29 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from drn_jax import config as config_lib  # noqa: E402  (after the TensorFlow log level)
+from drn_jax import experiments as ex  # noqa: E402
+from drn_jax import plots, zoo  # noqa: E402
+from drn_jax.files import write_atomic, write_json  # noqa: E402
+from drn_jax.machine import cpu_description  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILE = REPO / "configs" / "x4_291.py"
 DEFAULT_STEPS = 400
+STATE_FILE = "pilots.json"
 
 
 def _load(name: str, path: pathlib.Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while a class is built
     spec.loader.exec_module(module)
     return module
 
 
-# The comparisons' helpers: run folders, evaluation with eval.py's code, durations.
-rc = _load("run_comparisons", REPO / "scripts" / "run_comparisons.py")
-BEGIN, END = rc.KEPT_BLOCKS[0]  # the block of docs/results.md this script owns
+BEGIN, END = ex.KEPT_BLOCKS[0]  # the block of docs/results.md this script owns
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "train"
+DEFAULT_BENCHMARK_DIR = REPO.parent / "shared" / "data" / "benchmark"
+DEFAULT_REPORT = REPO / "docs" / "results.md"
 
 
 # The recipe the pilots start from: the first shipped x4 model's, pinned here so that the pilots
@@ -134,13 +140,11 @@ STAGES = {
 def build_config(pilot: Pilot, *, steps: int, data_dir: pathlib.Path, benchmark_dir: pathlib.Path,
                  overrides: Sequence[tuple[str, Any]] = ()):
     """configs/x4_291.py at `steps`, then the pilot's overrides and seed."""
-    from drn_jax import config as config_lib
-
     config = _load("drn_pilot_config", CONFIG_FILE).get_config(str(steps))
     for key, value in BASE:
         config_lib.override(config, key, value)
     config.lr_decay_every = max(1, round(steps * 5 / 12))  # two decays, at 5/12 and 10/12
-    config.data.train = rc.train_source(data_dir)
+    config.data.train = ex.train_source(data_dir)
     config.data.val = f"folder:{benchmark_dir / 'Set5' / 'HR'}"
     config.eval_every_steps = max(1, steps // 8)
     config.checkpoint_every_steps = max(1, steps // 2)
@@ -153,10 +157,11 @@ def build_config(pilot: Pilot, *, steps: int, data_dir: pathlib.Path, benchmark_
 
 def run_all(pilots: Sequence[Pilot], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> int:
     """Trains and scores every pilot that is not done (the comparisons' loop); returns the exit status."""
-    jobs = [rc.Job(p.name, f"{p.name} ({p.label})", build_config(
+    jobs = [ex.Job(p.name, f"{p.name} ({p.label})", build_config(
         p, steps=args.steps, data_dir=args.data_dir, benchmark_dir=args.benchmark_dir, overrides=overrides))
         for p in pilots]
-    return rc.train_and_score(jobs, args, overrides, state_file="pilots.json")
+    batch = ex.Batch(args.out, args.steps, args.data_dir, args.benchmark_dir, overrides, STATE_FILE)
+    return ex.train_and_score(jobs, batch)
 
 
 # ---------------------------------------------------------------------------
@@ -164,26 +169,24 @@ def run_all(pilots: Sequence[Pilot], args: argparse.Namespace, overrides: Sequen
 # ---------------------------------------------------------------------------
 
 def _scores(out: pathlib.Path, name: str) -> dict[str, dict[str, float]] | None:
-    results = rc._read_json(out / name / "results.json")
-    if not results or not all(d in results for d in rc.DATASETS):
+    results = ex.read_json(out / name / "results.json")
+    if not results or not all(d in results for d in ex.DATASETS):
         return None
-    return {d: {m: float(results[d][m]) for m in rc.METRICS} for d in rc.DATASETS}
+    return {d: {m: float(results[d][m]) for m in ex.METRICS} for d in ex.DATASETS}
 
 
 def pilot_lines(out: pathlib.Path, stage: Stage, report: pathlib.Path, command: str) -> list[str]:
     """The table (and figure) of one stage, from its run folders under `out`."""
-    from drn_jax import plots
-
     out = out / stage.folder
-    state = rc._read_json(out / "pilots.json") or {}
+    state = ex.read_json(out / STATE_FILE) or {}
     steps = state.get("steps", stage.steps)
     pilots = stage.pilots(steps)
     results = {p.name: _scores(out, p.name) for p in pilots}
-    summaries = {p.name: rc._read_json(out / p.name / "summary.json") for p in pilots}
+    summaries = {p.name: ex.read_json(out / p.name / "summary.json") for p in pilots}
     base = results.get("base")
     noise = None
     if base and results.get("base-s1"):
-        noise = {d: abs(base[d]["psnr"] - results["base-s1"][d]["psnr"]) for d in rc.DATASETS}
+        noise = {d: abs(base[d]["psnr"] - results["base-s1"][d]["psnr"]) for d in ex.DATASETS}
     lines = [
         f"## {stage.title}", "",
         stage.text.format(steps=steps, machine=state.get("machine", "this machine")), "",
@@ -206,11 +209,11 @@ def pilot_lines(out: pathlib.Path, stage: Stage, report: pathlib.Path, command: 
         lines.append(
             f"| {pilot.group} | {pilot.label} | {scores['Set5']['psnr']:.2f} | {delta('Set5')} | "
             f"{scores['Set14']['psnr']:.2f} | {delta('Set14')} | {scores['Set5']['ssim']:.4f} | "
-            f"{scores['Set14']['gradient_psnr']:.2f} | {rc._duration(summary.get('wall_seconds'))} | "
+            f"{scores['Set14']['gradient_psnr']:.2f} | {ex.duration(summary.get('wall_seconds'))} | "
             f"{f'{rate:.0f}' if rate else '-'} |")
     if noise:
         lines += ["", "Seed alone (baseline, seed 0 vs 1): "
-                  + ", ".join(f"{d} {noise[d]:.2f} dB" for d in rc.DATASETS) + "."]
+                  + ", ".join(f"{d} {noise[d]:.2f} dB" for d in ex.DATASETS) + "."]
     curves = {p.label if len(p.label) < 40 else p.name: [out / p.name / "metrics.jsonl"] for p in pilots
               if p.seed == 0 and (out / p.name / "metrics.jsonl").is_file()
               and plots.load_eval_curve(out / p.name / "metrics.jsonl")[0]}
@@ -223,8 +226,6 @@ def pilot_lines(out: pathlib.Path, stage: Stage, report: pathlib.Path, command: 
 
 def final_lines() -> list[str]:
     """The shipped models, from their cards: the long runs the pilots chose for."""
-    from drn_jax import zoo
-
     lines = ["## Final runs: the shipped models", "",
              "From the model cards in `drn_jax/pretrained/` (`python -m drn_jax.pretrained list`); "
              "each card names its config, steps, wall time and machine.", "",
@@ -240,7 +241,7 @@ def final_lines() -> list[str]:
             return f"{entry['psnr']:.2f} / {entry['ssim']:.4f}" if entry else "-"
 
         lines.append(f"| `{name}` | `configs/{pathlib.Path(card.get('source', '-')).name}.py` | {metadata.get('parameters', 0):,} | "
-                     f"{card.get('steps', '-')} | {rc._duration(card.get('wall_seconds'))} | "
+                     f"{card.get('steps', '-')} | {ex.duration(card.get('wall_seconds'))} | "
                      f"{cell('Set5')} | {cell('Set14')} |")
     return lines + [""]
 
@@ -266,13 +267,11 @@ def _section(text: str, title: str) -> list[str]:
 
 def write_report(out: pathlib.Path, report: pathlib.Path) -> str:
     """Replaces (or appends) this script's block of `report`: every stage run under `out`."""
-    from drn_jax.files import write_atomic
-
     text = report.read_text() if report.is_file() else ""
     lines = []
     for name, stage in STAGES.items():
         folder = out / stage.folder
-        state = rc._read_json(folder / "pilots.json")
+        state = ex.read_json(folder / STATE_FILE)
         ran = state is not None or any((folder / p.name / "results.json").is_file()
                                        for p in stage.pilots(stage.steps))
         if not ran:
@@ -284,12 +283,8 @@ def write_report(out: pathlib.Path, report: pathlib.Path) -> str:
         lines += pilot_lines(out, stage, report, command)
     block = "\n".join([BEGIN, "<!-- Generated by scripts/run_pilots.py from the pilot folders and the "
                        "shipped model cards; do not edit by hand. -->", "", *lines, *final_lines(), END])
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    write_atomic(report, text.encode())
+    text = ex.put_block(text, block, BEGIN, END)
+    write_atomic(report, text)
     return text
 
 
@@ -300,14 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="screen: one setting changed per pilot; confirm: the leaders, longer (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="steps of every pilot (default: the stage's, 400 or 1500)")
     parser.add_argument("--only", help="comma-separated pilot names; default: all")
-    parser.add_argument("--data_dir", type=pathlib.Path, default=rc.DEFAULT_DATA_DIR)
-    parser.add_argument("--benchmark_dir", type=pathlib.Path, default=rc.DEFAULT_BENCHMARK_DIR)
-    parser.add_argument("--report", type=pathlib.Path, default=rc.DEFAULT_REPORT)
+    parser.add_argument("--data_dir", type=pathlib.Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--benchmark_dir", type=pathlib.Path, default=DEFAULT_BENCHMARK_DIR)
+    parser.add_argument("--report", type=pathlib.Path, default=DEFAULT_REPORT)
     parser.add_argument("--report_only", action="store_true", help="only rewrite the report block")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config field for every pilot (repeatable), e.g. model.features=4 for a smoke run")
     args = parser.parse_args(argv)
-    return rc.exit_status(lambda: _main(args))
+    return ex.run_script(lambda: _main(args))
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -323,7 +318,7 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError(f"--only: unknown pilot(s) {', '.join(sorted(unknown))}; "
                              f"use {', '.join(p.name for p in pilots)}")
         pilots = tuple(p for p in pilots if p.name in names)
-    overrides = [rc.parse_override(o) for o in args.override]
+    overrides = [ex.parse_override(o) for o in args.override]
     root = args.out.expanduser().absolute()
     args.out = root / stage.folder
     args.steps = steps
@@ -332,10 +327,10 @@ def _main(args: argparse.Namespace) -> int:
     if not args.report_only:
         args.out.mkdir(parents=True, exist_ok=True)
         # The command goes into the stage's state file, which the shared loop then extends.
-        state = rc._read_json(args.out / "pilots.json") or {}
-        state.update(machine=rc.machine_description(), steps=steps,
+        state = ex.read_json(args.out / STATE_FILE) or {}
+        state.update(machine=cpu_description(), steps=steps,
                      command=_command(root, args.stage, steps, args.override))
-        (args.out / "pilots.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        write_json(args.out / STATE_FILE, state)
         status = run_all(pilots, args, overrides)
     write_report(root, args.report)
     print(f"report: {args.report}", flush=True)

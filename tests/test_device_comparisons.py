@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from drn_jax import checkpointing, data, image_io, lockstep, training
+from drn_jax import checkpointing, data, experiments, image_io, lockstep, training
 from drn_jax.model_factory import abstract_params, create_model
 from drn_jax.rundir import RunDir
 
@@ -55,7 +55,7 @@ def test_plan_is_fig2_and_table4_with_two_seeds_at_8000_steps(dc, tmp_path):
     variants = dc.plan()
     assert [v.name for v in variants] == ["base", "mae", "mse", "gradient", "plain", "dual", "progressive"]
     assert all(v.seeds == (0, 1) for v in variants)
-    runs = dc.rc.runs_of(variants)
+    runs = experiments.runs_of(variants)
     assert len(runs) == 14
     rows = {row.variant for name in ("fig2", "table4") for row in dc.rc.COMPARISON_BY_NAME[name].rows}
     assert rows == {v.name for v in variants}
@@ -114,7 +114,7 @@ def test_pack_round_trip_gives_the_same_files_pixels_and_crops(dc, folders, tmp_
         for original in image_io.list_images(bench / dataset / "HR"):
             assert (unpacked_bench / dataset / "HR" / original.name).read_bytes() == original.read_bytes()
     # The training stream of the unpacked folders is the stream of the originals, crop for crop.
-    streams = [data.create_train_dataset(dc.rc.train_source(folder), patch_size=32, batch_size=4, seed=1,
+    streams = [data.create_train_dataset(experiments.train_source(folder), patch_size=32, batch_size=4, seed=1,
                                          process_index=0, process_count=1).as_numpy_iterator()
                for folder in (train, unpacked_train)]
     for _ in range(3):
@@ -224,7 +224,7 @@ def test_carried_packages_are_the_only_ml_collections(dc, device_env, tmp_path):
 def tiny_configs(dc, train, bench, names, steps, seeds=(0, 1)):
     overrides = [*dc.rc.TINY_OVERRIDES, ("log_every_steps", 2), ("eval_every_steps", 2),
                  ("checkpoint_every_steps", steps)]
-    runs = dc.rc.runs_of(dc.plan(seeds, ",".join(names)))
+    runs = experiments.runs_of(dc.plan(seeds, ",".join(names)))
     return {run.name: dc.rc.build_config(run, steps=steps, data_dir=train, benchmark_dir=bench, overrides=overrides)
             for run in runs}
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from drn_jax import experiments
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -25,8 +27,8 @@ def rp():
 
 
 def flat(config) -> dict:
-    """A config as ``{"model.features": 32, ...}``, with the comparisons script's flattening."""
-    return sys.modules["run_comparisons"]._flatten(json.loads(json.dumps(config.to_dict())))
+    """A config as ``{"model.features": 32, ...}``, with drn_jax.experiments' flattening."""
+    return experiments.flatten(json.loads(json.dumps(config.to_dict())))
 
 
 def test_each_pilot_changes_one_setting_of_the_shipped_recipe(rp, tmp_path):
@@ -108,7 +110,7 @@ def test_report_block_from_run_folders_and_kept_by_the_comparisons_report(rp, tm
     assert report.read_text() == before
 
     # run_comparisons.py rewrites the rest of the file and keeps the block.
-    rc = sys.modules["run_comparisons"]
+    rc = _load("run_comparisons", REPO / "scripts" / "run_comparisons.py")
     text = rc.write_report(tmp_path / "no-comparisons", report)
     assert text.startswith("# Results: the paper's ablations") and text.count(rp.BEGIN) == 1
     assert "| 28.10 |" in text and text.rstrip().endswith(rp.END)
