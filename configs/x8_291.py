@@ -13,8 +13,9 @@ Why these values (the budget is ~150 minutes of the project's 2-core CPU, in one
 * Warm start from the x4 model of `configs/x4_291.py` (`init_from`, `drn_jax.warm_start`), as
   EDSR starts its x3 and x4 models from its x2 one. Each DRN block doubles the resolution
   whatever the scale, so the x8 model's blocks 0 and 1 start as the x4 model's and its block 2
-  as a copy of the x4's last block. The default `"x4"` names the shipped x4 model; the one
-  this model was trained from is recorded in its card (its parameters' sha256). In a 240-step
+  as a copy of the x4's last block. The default `"x4"` names the shipped x4 model. The shipped
+  x8 started from the x4 of `configs/x4_291.py` alone (stage 1; sha256 in its card); today's
+  x4 has its second stage too, so a rerun starts from a slightly better model (+0.02 dB). In a 240-step
   x8 pilot of this recipe the warm start scored 26.25 dB on Set5 against 24.63 from random
   initialisation (and 25.78 for the previous x8 model after 8,000 steps):
 
