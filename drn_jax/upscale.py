@@ -294,15 +294,15 @@ class _Phases:
             self.seconds[phase] += time.perf_counter() - start
 
     def report(self, upscaler: inference.Upscaler, images: int) -> None:
-        """``{"timings": {...}}`` on stderr: ``network`` is the network calls less the
-        compilations made after loading (``compile``; all of them then happen in those calls),
-        ``tiles`` the tiling and conversions around the calls."""
+        """``{"timings": {...}}`` on stderr: ``compile`` is the compilations after loading (all
+        in the network calls; tracing while loading counts as loading), ``network`` the network
+        calls less those, ``tiles`` the tiling and conversions around the calls."""
         if not self.enabled:
             return
         network = getattr(upscaler, "network_seconds", 0.0)
-        compile_in_network = min(self.compile - self.compile_at_load, network)
-        phases = {"load": self.seconds["load"], "compile": self.compile, "read": self.seconds["read"],
-                  "network": network - compile_in_network,
+        compile_s = min(self.compile - self.compile_at_load, network)
+        phases = {"load": self.seconds["load"], "compile": compile_s, "read": self.seconds["read"],
+                  "network": network - compile_s,
                   "tiles": self.seconds["upscale"] - network, "write": self.seconds["write"]}
         shapes = [list(shape) for shape in getattr(upscaler, "shapes", [])]
         print(json.dumps({"timings": {key: round(value, 4) for key, value in phases.items()},

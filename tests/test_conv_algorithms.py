@@ -157,6 +157,11 @@ def test_parameters_do_not_depend_on_the_algorithm():
                             jax.random.key(0), lr) for conv in models.CONV_ALGORITHMS]
     for tree in trees[1:]:
         chex.assert_trees_all_equal_shapes_and_dtypes(tree, trees[0])
+    # So abstract_params may trace any model with XLA's convolution, the quickest to trace.
+    from drn_jax import model_factory
+
+    winograd = models.DRN(4, features=16, modules_per_block=1, conv="winograd")
+    chex.assert_trees_all_equal_shapes_and_dtypes(model_factory.abstract_params(winograd), trees[0]["params"])
 
 
 def test_auto_resolves_by_platform_width_and_purpose():
