@@ -1,6 +1,6 @@
 """The small x4 DRN that `scripts/run_comparisons.py` trains for each ablation of the paper.
 
-    python scripts/run_comparisons.py --out runs/comparisons            # every comparison
+    python scripts/run_comparisons.py --output_dir runs/comparisons     # every comparison
     python train.py --config=configs/comparison.py:800 --workdir=runs/cmp  # one run by hand
 
 The optional argument after the colon is the number of steps (default 800); the learning-rate
@@ -24,7 +24,7 @@ Why these values:
   settles the weights so the final score is not one noisy point of a still-moving curve,
   which matters when two runs differ by a tenth of a dB.
 * Data: T91 + BSD200 (291 images, the classic SR training set; ImageNet is not available
-  here). `run_comparisons.py --data_dir` points it elsewhere.
+  here). `run_comparisons.py --train_dir` points it elsewhere.
 * Validation every steps/8 on Set5 (five images, about a second at this size), so each run's
   `metrics.jsonl` holds the training curve as Set5 PSNR: the figures of docs/results.md. No
   run is selected or stopped on it (fixed step count), so using a test set for the curve does

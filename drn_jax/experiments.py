@@ -20,12 +20,16 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from drn_jax import cli, eval_cli, plots, training
+from absl import flags
+from ml_collections import config_flags
+
+from drn_jax import cli, eval_cli, plots, recipes, training
 from drn_jax.errors import RunError
 from drn_jax.files import write_json
 from drn_jax.machine import cpu_description
@@ -110,9 +114,10 @@ def runs_of(variants: Sequence[Variant]) -> list[Run]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE a Python literal (``4``, ``0.5``, ``False``, ``'gs'``) or a bare string."""
+    """An override as a state file records it, ``KEY=VALUE`` with VALUE a Python literal (``4``,
+    ``0.5``, ``False``, ``'gs'``) or a bare string."""
     if "=" not in text:
-        raise ValueError(f"--override {text!r}: expected KEY=VALUE, e.g. model.features=16")
+        raise ValueError(f"override {text!r}: expected KEY=VALUE, e.g. model.features=16")
     key, value = text.split("=", 1)
     try:
         parsed = ast.literal_eval(value)
@@ -214,7 +219,7 @@ def check_jobs(jobs: Sequence[Job], batch: Batch) -> None:
     folder trained with other settings."""
     for path in (batch.data_dir, batch.benchmark_dir / "Set5" / "HR", batch.benchmark_dir / "Set14" / "HR"):
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such folder; see --data_dir and --benchmark_dir")
+            raise FileNotFoundError(f"{path}: no such folder; see --train_dir and --data_dir")
     check_settings(batch.out, {job.name: job.config for job in jobs})
 
 
@@ -226,7 +231,7 @@ def check_settings(out: pathlib.Path, configs: Mapping[str, Any]) -> None:
         differences = config_differences(saved, config) if saved is not None else []
         if differences:
             raise ValueError(f"{out / name} was trained with other settings ({'; '.join(differences[:3])}); "
-                             "rerun with the same --steps/--override/--tiny, or use another --out")
+                             "rerun with the same --steps/--config.*/--quick, or use another --output_dir")
 
 
 def open_state(batch: Batch, machine: str | None = None) -> dict[str, Any]:
@@ -626,3 +631,40 @@ def keep_blocks(text: str, previous: str, blocks: Sequence[tuple[str, str]] = KE
         text = text.rstrip("\n") + "\n\n" + begin + previous.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     return text
 
+
+# ---------------------------------------------------------------------------
+# The scripts' flags (drn_jax.cli's vocabulary)
+# ---------------------------------------------------------------------------
+
+def define_batch_flags(values: flags.FlagValues, argv: Sequence[str], *, config_file: pathlib.Path,
+                       output_dir: pathlib.Path | None, steps: int | None, steps_help: str) -> None:
+    """Defines a batch script's flags in `values`: ``--output_dir``, ``--steps``, ``--only``,
+    ``--train_dir`` (the training image folders), ``--data_dir`` (the benchmark sets), and
+    ``--config.<field>=VALUE`` (a field of `config_file`'s config, for every run; `argv` are the
+    arguments the flags will be parsed from, which ml_collections reads when the flag is defined)."""
+    data = recipes.shared_data_dir()
+    flags.DEFINE_string("output_dir", None if output_dir is None else str(output_dir), "folder of the run folders",
+                        flag_values=values)
+    flags.DEFINE_integer("steps", steps, steps_help, lower_bound=1, flag_values=values)
+    flags.DEFINE_string("only", None, "comma-separated names of what to run; default: all", flag_values=values)
+    flags.DEFINE_string("train_dir", str(data / "train"), "training images: its T91/ and BSD200/ folders, "
+                        "else every image under it", flag_values=values)
+    flags.DEFINE_string("data_dir", str(data / "benchmark"), "folder of the benchmark sets "
+                        "(<data_dir>/Set5/HR/, <data_dir>/Set14/HR/)", flag_values=values)
+    cli.define_config_file("config", str(config_file), f"give only --config.<field>=VALUE: a field of "
+                           f"{config_file.name}'s config for every run", flag_values=values,
+                           sys_argv=["", *argv])
+
+
+def config_overrides(values: flags.FlagValues, argv: Sequence[str]) -> list[tuple[str, Any]]:
+    """The ``--config.<field>=VALUE`` overrides in `values` (parsed from `argv`), in their order.
+
+    The runs start from the script's config: ``--config=FILE`` itself is refused."""
+    if any(arg.split("=", 1)[0] in ("--config", "-config") for arg in argv):
+        raise ValueError("--config: the runs start from the script's config; give --config.<field>=VALUE")
+    return list(config_flags.get_override_values(values["config"]).items())
+
+
+def override_flags(overrides: Sequence[tuple[str, Any]]) -> str:
+    """`overrides` as command-line flags, `` --config.<field>=VALUE`` each (for a command line)."""
+    return "".join(" " + shlex.quote(f"--config.{key}={value}") for key, value in overrides)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Reproduces the paper's ablations at small scale and writes docs/results.md from the runs.
 
-    python scripts/run_comparisons.py --out runs/comparisons              # train, evaluate, report
-    python scripts/run_comparisons.py --out runs/comparisons --only table4
-    python scripts/run_comparisons.py --out runs/comparisons --report_only
+    python scripts/run_comparisons.py --output_dir runs/comparisons       # train, evaluate, report
+    python scripts/run_comparisons.py --output_dir runs/comparisons --only table4
+    python scripts/run_comparisons.py --output_dir runs/comparisons --report_only
+    python scripts/run_comparisons.py --quick --config.model.features=8  # a smoke run, one field changed
 
 Three comparisons, every run the model of ``configs/comparison.py`` with one setting changed, the
 same data, the same number of steps and the same seeds:
@@ -17,18 +18,19 @@ The baseline (GS, λ 2, dual weight 0.1, dual + progressive) belongs to all thre
 once. The two main pairs (GS vs MAE, dual + progressive vs plain) run with seeds 0 and 1; the
 seed keys both the initial weights and the order of the training crops.
 
-Each run is ``<out>/<variant>-s<seed>/``: a training workdir (``config.json``, ``metrics.jsonl``,
+Each run is ``<output_dir>/<variant>-s<seed>/``: a training workdir (``config.json``, ``metrics.jsonl``,
 ``checkpoints/``, ``summary.json``) plus ``results.json`` (and ``results.md``, ``per_image.csv``)
 from :func:`drn_jax.eval_cli.run` on Set5 and Set14 x4. A run with ``summary.json`` is trained,
 one with ``results.json`` too is done; rerunning the command skips what is done, resumes an
 interrupted run from its checkpoint (Ctrl-C saves one) and evaluates what is not evaluated.
 Finally the report (``--report``, default ``docs/results.md``, figures in ``docs/figures/``) is
-written from those files alone; ``--report_only`` does just that.
+written from those files alone; ``--report_only`` does just that. The flags are drn_jax.cli's:
+``--train_dir`` the training images, ``--data_dir`` the benchmark sets, ``--config.<field>=VALUE``
+a field of every run's config.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import pathlib
@@ -39,19 +41,21 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from drn_jax import config as config_lib  # noqa: E402  (after the TensorFlow log level)
+from absl import flags  # noqa: E402  (after the TensorFlow log level)
+
+from drn_jax import cli  # noqa: E402
+from drn_jax import config as config_lib  # noqa: E402
 from drn_jax import experiments as ex  # noqa: E402
 from drn_jax.files import write_atomic  # noqa: E402
 from drn_jax.experiments import Claim, Comparison, Row, Run, Variant, runs_of  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "train"
-DEFAULT_BENCHMARK_DIR = REPO.parent / "shared" / "data" / "benchmark"
 DEFAULT_REPORT = REPO / "docs" / "results.md"
 CONFIG_FILE = REPO / "configs" / "comparison.py"
+DEFAULT_STEPS = 800
 
-# --tiny: a network and crops small enough for a smoke run of a few seconds per run.
-TINY_OVERRIDES = (("model.features", 4), ("model.modules_per_block", 1), ("data.hr_patch_size", 32),
+# --quick: a network and crops small enough for a smoke run of a few seconds per run.
+QUICK_OVERRIDES = (("model.features", 4), ("model.modules_per_block", 1), ("data.hr_patch_size", 32),
                   ("batch_size", 8), ("data.val_limit", 2))
 
 
@@ -179,12 +183,11 @@ def build_config(run: Run, *, steps: int, data_dir: pathlib.Path, benchmark_dir:
 # Training and evaluation
 # ---------------------------------------------------------------------------
 
-def run_all(runs: Sequence[Run], args: argparse.Namespace, overrides: Sequence[tuple[str, Any]]) -> int:
+def run_all(runs: Sequence[Run], batch: ex.Batch) -> int:
     """Trains and evaluates every comparison run that is not done; returns the exit status."""
     jobs = [ex.Job(run.name, f"{run.name} ({run.variant.label}, seed {run.seed})",
-                build_config(run, steps=args.steps, data_dir=args.data_dir, benchmark_dir=args.benchmark_dir,
-                             overrides=overrides)) for run in runs]
-    batch = ex.Batch(args.out, args.steps, args.data_dir, args.benchmark_dir, overrides)
+                   build_config(run, steps=batch.steps, data_dir=batch.data_dir, benchmark_dir=batch.benchmark_dir,
+                                overrides=batch.overrides)) for run in runs]
     return ex.train_and_score(jobs, batch)
 
 
@@ -222,64 +225,56 @@ def write_report(out: str | pathlib.Path, report: str | pathlib.Path, *, command
 # Command line
 # ---------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python scripts/run_comparisons.py",
-        description="Train and evaluate the paper's ablations at small scale; write docs/results.md.")
-    parser.add_argument("--out", type=pathlib.Path, default=REPO / "runs" / "comparisons",
-                        help="folder of the run folders (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=800, help="training steps of every run (default: %(default)s)")
-    parser.add_argument("--only", help="comma-separated comparisons (fig2, table4, table6), variants "
-                                        "(base, mae, ...) or runs (base-s1); default: all")
-    parser.add_argument("--data_dir", type=pathlib.Path, default=DEFAULT_DATA_DIR,
-                        help="training images: its T91/ and BSD200/ folders, else every image under it "
-                             "(default: %(default)s)")
-    parser.add_argument("--benchmark_dir", type=pathlib.Path, default=DEFAULT_BENCHMARK_DIR,
-                        help="folder holding Set5/HR and Set14/HR (default: %(default)s)")
-    parser.add_argument("--report", type=pathlib.Path, default=DEFAULT_REPORT,
-                        help="the Markdown report; figures go to figures/ beside it (default: %(default)s)")
-    parser.add_argument("--report_only", dest="report_only", action="store_true",
-                        help="only regenerate the report from the run folders")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config field for every run, e.g. model.features=16 (repeatable)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a tiny network and crops, for a smoke test: "
-                             + ", ".join(f"{k}={v}" for k, v in TINY_OVERRIDES))
-    parser.add_argument("--list", action="store_true", help="print the runs and their overrides, then exit")
-    return parser
+def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """The script's flags (drn_jax.cli's vocabulary), in `values`."""
+    ex.define_batch_flags(values, argv, config_file=CONFIG_FILE, output_dir=REPO / "runs" / "comparisons",
+                          steps=DEFAULT_STEPS, steps_help="training steps of every run")
+    values["only"].help = ("comma-separated comparisons (fig2, table4, table6), variants (base, mae, ...) "
+                           "or runs (base-s1); default: all")
+    flags.DEFINE_string("report", str(DEFAULT_REPORT), "the Markdown report; figures go to figures/ beside it",
+                        flag_values=values)
+    flags.DEFINE_bool("report_only", False, "only regenerate the report from the run folders", flag_values=values)
+    flags.DEFINE_bool("quick", False, "a tiny network and crops, for a smoke test: "
+                      + ", ".join(f"{k}={v}" for k, v in QUICK_OVERRIDES), flag_values=values)
+    flags.DEFINE_bool("list", False, "print the runs and their overrides, then exit", flag_values=values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return ex.run_script(lambda: _main(args))
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def body(rest: Sequence[str], values: flags.FlagValues) -> int:
+        if rest:
+            raise ValueError(f"unexpected arguments {' '.join(rest)}; see --helpfull")
+        return _main(values, ex.config_overrides(values, argv))
+
+    return ex.run_script(lambda: cli.console_command(
+        "run_comparisons.py", lambda values: define_flags(values, argv), body, argv))
 
 
-def _main(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise ValueError(f"--steps={args.steps} must be at least 1")
-    runs = select_runs(args.only)
-    if args.list:
+def _main(values: flags.FlagValues, user_overrides: Sequence[tuple[str, Any]]) -> int:
+    runs = select_runs(values["only"].value)
+    if values["list"].value:
         for run in runs:
             changes = ", ".join(f"{k}={v!r}" for k, v in run.variant.overrides) or "(baseline)"
             print(f"{run.name:16s} seed {run.seed}  {changes}")
         return 0
-    overrides = [*(TINY_OVERRIDES if args.tiny else ()), *(ex.parse_override(o) for o in args.override)]
-    args.out = args.out.expanduser().absolute()
-    args.data_dir = args.data_dir.expanduser().absolute()
-    args.benchmark_dir = args.benchmark_dir.expanduser().absolute()
+    quick = values["quick"].value
+    overrides = [*(QUICK_OVERRIDES if quick else ()), *user_overrides]
+    steps = values["steps"].value
+    out, train_dir, data_dir, report = (pathlib.Path(values[name].value).expanduser().absolute()
+                                        for name in ("output_dir", "train_dir", "data_dir", "report"))
     status = 0
-    if not args.report_only:
-        status = run_all(runs, args, overrides)
-    command = "python scripts/run_comparisons.py --out " + shlex.quote(os.path.relpath(args.out, REPO))
-    if args.steps != 800:
-        command += f" --steps {args.steps}"
-    if args.data_dir != DEFAULT_DATA_DIR:
-        command += " --data_dir " + shlex.quote(str(args.data_dir))
-    if args.benchmark_dir != DEFAULT_BENCHMARK_DIR:
-        command += " --benchmark_dir " + shlex.quote(str(args.benchmark_dir))
-    command += " --tiny" * args.tiny + "".join(" --override " + shlex.quote(o) for o in args.override)
-    write_report(args.out, args.report, command=command)
-    print(f"report: {args.report}", flush=True)
+    if not values["report_only"].value:
+        status = run_all(runs, ex.Batch(out, steps, train_dir, data_dir, overrides))
+    command = "python scripts/run_comparisons.py --output_dir " + shlex.quote(os.path.relpath(out, REPO))
+    if steps != DEFAULT_STEPS:
+        command += f" --steps {steps}"
+    for name, path in (("train_dir", train_dir), ("data_dir", data_dir)):
+        if path != pathlib.Path(values[name].default).absolute():
+            command += f" --{name} " + shlex.quote(str(path))
+    command += " --quick" * quick + ex.override_flags(user_overrides)
+    write_report(out, report, command=command)
+    print(f"report: {report}", flush=True)
     return status
 
 

@@ -23,7 +23,7 @@ machine with JAX, Flax, optax, orbax, Pillow and tensorboard), in three steps:
 
 2. On the device machine (the ``run`` tool; command, then carry list)::
 
-       PYTHONPATH=.:.device_data/site python3 scripts/run_device_comparisons.py train --out /tmp/cmp8k --export $OUT/comparisons_8k --max_minutes 9
+       PYTHONPATH=.:.device_data/site python3 scripts/run_device_comparisons.py train --output_dir /tmp/cmp8k --export $OUT/comparisons_8k --max_minutes 9
        [".device_data"]
 
    It unpacks the images (checking every pixel against the pack's checksums), trains, scores,
@@ -33,13 +33,13 @@ machine with JAX, Flax, optax, orbax, Pillow and tensorboard), in three steps:
 
 3. Here, with the folder it sent back::
 
-       python scripts/run_device_comparisons.py report --out <files_at>/comparisons_8k
+       python scripts/run_device_comparisons.py report --output_dir <files_at>/comparisons_8k
 
    writes the block between ``<!-- device-comparisons:begin -->`` and ``<!-- device-comparisons:end -->``
    of docs/results.md (figures in docs/figures/*_8k.png); run_comparisons and run_pilots keep it.
 
 ``estimate`` prints the compiler's count of each setting's step (FLOPs, bytes) at full size and the
-H200 time it implies. ``train --tiny`` (a tiny network) is the smoke test
+H200 time it implies. ``train --quick`` (a tiny network) is the smoke test
 tests/test_device_comparisons.py runs on the CPU.
 """
 
@@ -54,7 +54,6 @@ import io
 import json
 import os
 import pathlib
-import shlex
 import shutil
 import subprocess
 import sys
@@ -68,8 +67,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import run_comparisons as rc  # beside this script: the comparisons' catalogue
+from absl import flags
 from PIL import Image
 
+from drn_jax import cli
 from drn_jax import experiments as ex
 from drn_jax import image_io, lockstep, training
 from drn_jax.errors import RunError
@@ -178,22 +179,23 @@ def pack_images(data_dir: pathlib.Path, benchmark_dir: pathlib.Path, pack: pathl
     for dataset in ex.DATASETS:
         folder = benchmark_dir / dataset / "HR"
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder; see --benchmark_dir")
+            raise FileNotFoundError(f"{folder}: no such folder; see --data_dir")
         for path in image_io.list_images(folder):
             raw = path.read_bytes()
             target = f"benchmark/{dataset}/HR/{path.relative_to(folder).as_posix()}"
             entries.append({"path": target, "member": target, "kind": "file", "sha256": _digest(raw)})
             blobs.append(raw)
     manifest = {"format": 1, "files": entries}
-    pack.parent.mkdir(parents=True, exist_ok=True)
-    partial = pack.with_name(pack.name + ".partial")
-    with tarfile.open(partial, "w") as tar:
-        for name, blob in [(MANIFEST, json.dumps(manifest, indent=1).encode()),
-                           *((entry["member"], blob) for entry, blob in zip(entries, blobs))]:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(blob), 0, 0o644
-            tar.addfile(info, io.BytesIO(blob))
-    os.replace(partial, pack)
+
+    def write_tar(file) -> None:
+        with tarfile.open(fileobj=file, mode="w") as tar:
+            for name, blob in [(MANIFEST, json.dumps(manifest, indent=1).encode()),
+                               *((entry["member"], blob) for entry, blob in zip(entries, blobs))]:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(blob), 0, 0o644
+                tar.addfile(info, io.BytesIO(blob))
+
+    write_atomic(pack, write_tar)
     return manifest
 
 
@@ -274,7 +276,7 @@ def working_tree_bytes() -> int | None:
 def prepare(args: argparse.Namespace) -> int:
     to: pathlib.Path = args.to
     start = time.perf_counter()
-    manifest = pack_images(args.data_dir, args.benchmark_dir, to / PACK_NAME)
+    manifest = pack_images(args.train_dir, args.data_dir, to / PACK_NAME)
     versions = copy_packages(to / SITE_NAME)
     pack_bytes, site_bytes = _size(to / PACK_NAME), _size(to / SITE_NAME)
     tree = working_tree_bytes()
@@ -325,8 +327,8 @@ def train(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 60 * (args.max_minutes - args.score_minutes) if args.max_minutes else None
     variants = plan(args.seeds, args.only)
     runs = ex.runs_of(variants)
-    overrides = [*(rc.TINY_OVERRIDES if args.tiny else ()), *(ex.parse_override(o) for o in args.override)]
-    out: pathlib.Path = args.out
+    overrides = [*(rc.QUICK_OVERRIDES if args.quick else ()), *args.overrides]
+    out: pathlib.Path = args.output_dir
     work = pathlib.Path(tempfile.mkdtemp(prefix="drn-device-data-")) if args.unpack is None else args.unpack
     try:
         data_dir, benchmark_dir = unpack_images(args.data, work)
@@ -428,16 +430,16 @@ def write_block(report: pathlib.Path, block: str) -> str:
 
 
 def report(args: argparse.Namespace) -> int:
-    out = args.out
+    out = args.output_dir
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"{out}: no such folder; pass the folder `train --export` wrote")
     state = (ex.read_json(out / ex.STATE_FILE) or {}) if out is not None else {}
     variants = plan(state.get("seeds", DEFAULT_SEEDS))
-    command = "python scripts/run_device_comparisons.py train --out runs/comparisons_8k"
+    command = "python scripts/run_device_comparisons.py train --output_dir runs/comparisons_8k"
     if state.get("steps", DEFAULT_STEPS) != DEFAULT_STEPS:
         command += f" --steps {state['steps']}"
     if state.get("overrides"):
-        command += "".join(" --override " + shlex.quote(o) for o in state["overrides"])
+        command += ex.override_flags([ex.parse_override(o) for o in state["overrides"]])
     write_block(args.report, report_block(out, args.report, variants, command))
     print(f"report: {args.report}")
     return 0
@@ -493,63 +495,63 @@ def estimate(args: argparse.Namespace) -> int:
 # Command line
 # ---------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python scripts/run_device_comparisons.py",
-        description="Fig. 2 and Table 4 at 8,000 steps, two seeds each, on an accelerator; "
-                    "see the module docstring for the three steps.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """The flags of the four commands (drn_jax.cli's vocabulary), in `values`."""
+    ex.define_batch_flags(values, argv, config_file=rc.CONFIG_FILE, output_dir=None, steps=DEFAULT_STEPS,
+                          steps_help="train, estimate: training steps of every run")
+    values["output_dir"].help = ("train: folder of the run folders (required); report: the folder "
+                                 "`train --export` wrote (default: none, the not-run-yet note)")
+    values["only"].help = ("train, estimate: comma-separated comparisons (fig2, table4) or settings (base, "
+                           "mae, mse, gradient, plain, dual, progressive); default: all")
+    values["train_dir"].help = "prepare: " + values["train_dir"].help
+    values["data_dir"].help = "prepare: " + values["data_dir"].help
+    flags.DEFINE_string("seeds", ",".join(map(str, DEFAULT_SEEDS)), "train, estimate: seeds of every setting",
+                        flag_values=values)
+    flags.DEFINE_string("to", str(DEFAULT_PACK_DIR), "prepare: the folder to carry", flag_values=values)
+    flags.DEFINE_string("data", str(DEFAULT_PACK_DIR / PACK_NAME), "train: the pack `prepare` wrote",
+                        flag_values=values)
+    flags.DEFINE_string("unpack", None, "train: where to unpack the images (default: a temporary folder)",
+                        flag_values=values)
+    flags.DEFINE_string("export", None, "train: copy each run's small files (no checkpoints) here at the end",
+                        flag_values=values)
+    flags.DEFINE_float("max_minutes", None, "train: stop training, with the measured speed, when it would not "
+                       "end in time to score within this many minutes of the start (default: no limit)",
+                       flag_values=values)
+    flags.DEFINE_float("score_minutes", 2.0, "train: minutes kept for scoring out of --max_minutes",
+                       flag_values=values)
+    flags.DEFINE_bool("quick", False, "train: a tiny network and crops, for a smoke test: "
+                      + ", ".join(f"{k}={v}" for k, v in rc.QUICK_OVERRIDES), flag_values=values)
+    flags.DEFINE_string("report", str(rc.DEFAULT_REPORT), "report: the Markdown report", flag_values=values)
 
-    prep = commands.add_parser("prepare", help="pack the images and packages the device machine lacks")
-    prep.add_argument("--data_dir", type=pathlib.Path, default=rc.DEFAULT_DATA_DIR,
-                      help="training images: its T91/ and BSD200/ (default: %(default)s)")
-    prep.add_argument("--benchmark_dir", type=pathlib.Path, default=rc.DEFAULT_BENCHMARK_DIR,
-                      help="folder holding Set5/HR and Set14/HR (default: %(default)s)")
-    prep.add_argument("--to", type=pathlib.Path, default=DEFAULT_PACK_DIR,
-                      help="the folder to carry (default: %(default)s)")
 
-    def plan_flags(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every run (default: %(default)s)")
-        sub.add_argument("--seeds", type=parse_seeds, default=DEFAULT_SEEDS, help="seeds of every setting (default: 0,1)")
-        sub.add_argument("--only", help="comma-separated comparisons (fig2, table4) or settings (base, mae, mse, "
-                                        "gradient, plain, dual, progressive); default: all")
+COMMANDS = ("prepare", "train", "report", "estimate")
 
-    run = commands.add_parser("train", help="train and score the runs (on the device machine)")
-    plan_flags(run)
-    run.add_argument("--data", type=pathlib.Path, default=DEFAULT_PACK_DIR / PACK_NAME,
-                     help="the pack `prepare` wrote (default: %(default)s)")
-    run.add_argument("--out", type=pathlib.Path, required=True, help="folder of the run folders")
-    run.add_argument("--unpack", type=pathlib.Path, help="where to unpack the images (default: a temporary folder)")
-    run.add_argument("--export", type=pathlib.Path, help="copy each run's small files (no checkpoints) here at the end")
-    run.add_argument("--max_minutes", type=float, default=None,
-                     help="stop training, with the measured speed, when it would not end in time to score "
-                          "within this many minutes of the start (default: no limit)")
-    run.add_argument("--score_minutes", type=float, default=2.0,
-                     help="minutes kept for scoring out of --max_minutes (default: %(default)s)")
-    run.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                     help="a config field for every run, e.g. model.features=16 (repeatable)")
-    run.add_argument("--tiny", action="store_true", help="a tiny network and crops, for a smoke test: "
-                     + ", ".join(f"{k}={v}" for k, v in rc.TINY_OVERRIDES))
 
-    rep = commands.add_parser("report", help="write the block of docs/results.md from the run folders")
-    rep.add_argument("--out", type=pathlib.Path, default=None,
-                     help="the folder `train --export` wrote (default: none, the not-run-yet note)")
-    rep.add_argument("--report", type=pathlib.Path, default=rc.DEFAULT_REPORT, help="default: %(default)s")
-
-    est = commands.add_parser("estimate", help="the compiler's FLOPs and bytes per step, and the H200 time")
-    plan_flags(est)
-    return parser
+def _arguments(command: str, values: flags.FlagValues, argv: Sequence[str]) -> argparse.Namespace:
+    """The flags as the commands read them: paths absolute, seeds parsed, overrides listed."""
+    args = argparse.Namespace(command=command, seeds=parse_seeds(values["seeds"].value),
+                              overrides=ex.config_overrides(values, argv))
+    for name in ("steps", "only", "max_minutes", "score_minutes", "quick"):
+        setattr(args, name, values[name].value)
+    for name in ("train_dir", "data_dir", "to", "data", "output_dir", "unpack", "export", "report"):
+        value = values[name].value
+        setattr(args, name, None if value is None else pathlib.Path(value).expanduser().absolute())
+    if command == "train" and args.output_dir is None:
+        raise ValueError("train: give --output_dir, the folder of the run folders")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("data_dir", "benchmark_dir", "to", "data", "out", "unpack", "export", "report"):
-        if getattr(args, name, None) is not None:
-            setattr(args, name, getattr(args, name).expanduser().absolute())
-    if getattr(args, "steps", 1) < 1:
-        raise SystemExit(f"error: --steps={args.steps} must be at least 1")
-    command = {"prepare": prepare, "train": train, "report": report, "estimate": estimate}[args.command]
-    return ex.run_script(lambda: command(args))
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def body(rest: Sequence[str], values: flags.FlagValues) -> int:
+        if len(rest) != 1 or rest[0] not in COMMANDS:
+            raise ValueError(f"give one command of {', '.join(COMMANDS)} (got {' '.join(rest) or 'none'})")
+        command = {"prepare": prepare, "train": train, "report": report, "estimate": estimate}[rest[0]]
+        return command(_arguments(rest[0], values, argv))
+
+    return ex.run_script(lambda: cli.console_command(
+        "run_device_comparisons.py", lambda values: define_flags(values, argv), body, argv))
 
 
 if __name__ == "__main__":

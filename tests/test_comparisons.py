@@ -174,9 +174,9 @@ def test_report_only_writes_tables_figures_and_verdicts(rc, tmp_path, capsys):
         "lam0.5": {0: (29.50, 26.80)}, "lam1": {0: (30.00, 27.00)}, "lam5": {0: (30.80, 27.60)},
         "dualw1": {0: (30.44, 27.35)},
     })
-    assert rc.main(["--report_only", "--out", str(out), "--report", str(report)]) == 0
+    assert rc.main(["--report_only", "--output_dir", str(out), "--report", str(report)]) == 0
     markdown = report.read_text()
-    assert "python scripts/run_comparisons.py --out" in markdown and "do not edit by hand" in markdown
+    assert "python scripts/run_comparisons.py --output_dir" in markdown and "do not edit by hand" in markdown
     for name in ("fig2_losses", "table4_dual_progressive", "table6_lambda_dual_weight"):
         assert (tmp_path / "docs" / "figures" / f"{name}.png").stat().st_size > 1000
         assert f"(figures/{name}.png)" in markdown
@@ -237,6 +237,7 @@ def test_missing_runs_are_reported_as_not_run(rc, tmp_path):
 # A real tiny run of the script
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tiny_end_to_end_run_then_resume(rc, tmp_path):
     rng = np.random.default_rng(0)
 
@@ -254,8 +255,8 @@ def test_tiny_end_to_end_run_then_resume(rc, tmp_path):
         for i in range(2):
             Image.fromarray(image(36 + 4 * i, 40, i)).save(tmp_path / "bench" / dataset / "HR" / f"{i}.png")
     out, report = tmp_path / "runs", tmp_path / "docs" / "results.md"
-    flags = ["--out", str(out), "--steps", "2", "--tiny", "--only", "base-s0,mae-s0",
-             "--data_dir", str(tmp_path / "train"), "--benchmark_dir", str(tmp_path / "bench"),
+    flags = ["--output_dir", str(out), "--steps", "2", "--quick", "--only", "base-s0,mae-s0",
+             "--train_dir", str(tmp_path / "train"), "--data_dir", str(tmp_path / "bench"),
              "--report", str(report)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, str(SCRIPT), *flags], cwd=REPO, env=env,

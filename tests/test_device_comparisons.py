@@ -222,7 +222,7 @@ def test_carried_packages_are_the_only_ml_collections(dc, device_env, tmp_path):
 # ---------------------------------------------------------------------------
 
 def tiny_configs(dc, train, bench, names, steps, seeds=(0, 1)):
-    overrides = [*dc.rc.TINY_OVERRIDES, ("log_every_steps", 2), ("eval_every_steps", 2),
+    overrides = [*dc.rc.QUICK_OVERRIDES, ("log_every_steps", 2), ("eval_every_steps", 2),
                  ("checkpoint_every_steps", steps)]
     runs = experiments.runs_of(dc.plan(seeds, ",".join(names)))
     return {run.name: dc.rc.build_config(run, steps=steps, data_dir=train, benchmark_dir=bench, overrides=overrides)
@@ -291,11 +291,11 @@ def test_device_command_then_report(dc, folders, device_env, tmp_path):
     train, bench = folders
     env, site = device_env
     carry = site.parent
-    assert dc.main(["prepare", "--data_dir", str(train), "--benchmark_dir", str(bench), "--to", str(carry)]) == 0
+    assert dc.main(["prepare", "--train_dir", str(train), "--data_dir", str(bench), "--to", str(carry)]) == 0
     imports = tmp_path / "imports.json"
     export = tmp_path / "OUT" / "comparisons_8k"
     command = [sys.executable, str(SCRIPT), "train", "--data", str(carry / "comparisons.tar"),
-               "--out", str(tmp_path / "runs"), "--export", str(export), "--tiny", "--steps", "2",
+               "--output_dir", str(tmp_path / "runs"), "--export", str(export), "--quick", "--steps", "2",
                "--only", "base,plain", "--max_minutes", "60"]
     result = subprocess.run(command, cwd=REPO, env=env(imports=imports), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -320,7 +320,7 @@ def test_device_command_then_report(dc, folders, device_env, tmp_path):
     report = tmp_path / "docs" / "results.md"
     report.parent.mkdir()
     report.write_text("# Results\n\n## Fig. 2: loss functions\n\nold\n\n<!-- pilots:begin -->\npilots\n<!-- pilots:end -->\n")
-    assert dc.main(["report", "--out", str(export), "--report", str(report)]) == 0
+    assert dc.main(["report", "--output_dir", str(export), "--report", str(report)]) == 0
     text = report.read_text()
     assert text.index("## Fig. 2: loss functions\n\nold") < text.index(dc.BEGIN) < text.index("<!-- pilots:begin -->")
     block = text[text.index(dc.BEGIN):text.index(dc.END)]

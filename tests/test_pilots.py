@@ -80,10 +80,10 @@ def test_report_block_from_run_folders_and_kept_by_the_comparisons_report(rp, tm
     fake_pilots(rp, out, {"base": (28.50, 26.00), "base-s1": (28.46, 26.03), "lr8e-4": (28.71, 25.90)})
     report.parent.mkdir()
     report.write_text("# Results\n\nthe comparisons\n")
-    assert rp.main(["--report_only", "--out", str(out), "--report", str(report)]) == 0
+    assert rp.main(["--report_only", "--output_dir", str(out), "--report", str(report)]) == 0
     markdown = report.read_text()
     assert markdown.startswith("# Results\n\nthe comparisons\n") and markdown.count(rp.BEGIN) == 1
-    assert "python scripts/run_pilots.py --out" in markdown
+    assert "python scripts/run_pilots.py --output_dir" in markdown
     assert row(markdown, "lr 8e-4")[2:6] == ["28.71", "+0.21", "25.90", "-0.10"]
     assert row(markdown, "the same, seed 1")[3] == "-0.04"
     assert "Seed alone (baseline, seed 0 vs 1): Set5 0.04 dB, Set14 0.03 dB." in markdown
