@@ -357,7 +357,7 @@ class Worker:
         if _HLO_DIR.value:
             folder = pathlib.Path(_HLO_DIR.value)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / hlo_file_name(record)).write_text(text)
+            (folder / hlo_file_name({**record, "topology": self.topology.name})).write_text(text)
         return record
 
     # --- train ---------------------------------------------------------------------------
