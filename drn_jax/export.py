@@ -1,49 +1,12 @@
 """Deploying a trained DRN: StableHLO (``jax.export``), TF SavedModel, TFLite and ONNX artifacts.
 
     drn-export --pretrained=x4 --format=stablehlo --output_dir=exported/x4_stablehlo
-    python -m drn_jax.export --workdir=runs/x4 --format=onnx --output_dir=exported/x4_onnx
 
-Every artifact computes :meth:`drn_jax.models.DRN.upscale` with the parameters baked in as
-constants, for a model loaded by :func:`drn_jax.loading.load_model` with ``conv="xla"``. The
-Winograd kernels that ``conv="auto"`` picks on CPU are a speed-up for XLA:CPU only; XLA's
-convolution is one op that every target maps to its own native convolution (StableHLO
-``convolution``, TFLite ``CONV_2D``, ONNX ``Conv``) and that accelerators run best.
-
-**Input convention** (every format): NHWC RGB, float32 in ``[0, 1]``, any batch, height and width
-(symbolic dimensions, not sizes fixed at export); the output is float32 ``(B, s·H, s·W, 3)``,
-not clipped, as ``DRN.upscale``. An 8-bit image is ``floor(clip(y, 0, 1)·255 + 0.5)``
-(:func:`drn_jax.inference.to_uint8`). The SavedModel and the TFLite model also take uint8
-images: their ``serving_default`` signature maps uint8 to uint8 with that rounding in the graph,
-bit for bit ``to_uint8(serving_float(x / 255))`` with ``x / 255`` in float32 as drn_jax converts
-(:func:`predict_uint8`), and ``serving_float`` is the float one.
-
-**Formats** (:data:`FORMATS`: one writer and one loader each, and a registry line):
-
-``stablehlo``
-  ``model.jax_export``: ``jax.export.Exported.serialize()``, lowered for CPU, CUDA and TPU. It
-  runs with ``jax.export.deserialize(data).call(x)``: JAX alone, no drn_jax, no Flax.
-``saved_model``
-  ``saved_model/``: :func:`jax.experimental.jax2tf.convert`, whose graph is one ``XlaCallModule``
-  op holding the same StableHLO (for CPU, CUDA and TPU). Native serialization is jax2tf's only
-  mode in the JAX versions this package supports (its ``native_serialization`` argument is
-  deprecated and ignored). jax2tf is used directly rather than through orbax-export, which wraps
-  the same conversion and would add a dependency for what is here two signatures.
-``tflite``
-  ``model.tflite``: ``tf.lite.TFLiteConverter.from_saved_model`` of both signatures, TFLite
-  builtin ops only; height and width are dynamic (``-1`` in the input's ``shape_signature``), so
-  the interpreter resizes its input tensor to each image.
-``onnx``
-  ``model.onnx``: jax2onnx at opset 17 (onnxruntime 1.12 and later), dimensions ``B``, ``H``,
-  ``W`` symbolic; run with onnxruntime.
-
-Each export writes ``model_card.json`` and ``model_card.md`` beside the artifact (scale, the
-input convention, the source; for a pretrained model its own card). The whole ``--output_dir``
-is built in a hidden folder beside it and renamed into place at the end
-(:func:`drn_jax.files.atomic_directory`): a failed export leaves nothing behind, and a folder that
-holds an earlier export is replaced whole.
-
-TensorFlow (saved_model, tflite) and jax2onnx/onnxruntime (onnx) come with the ``export`` extra,
-``pip install "drn-jax[export]"``; they are imported only by the formats that need them.
+Every artifact computes :meth:`drn_jax.models.DRN.upscale` (XLA's convolution, parameters baked
+in) on NHWC float32 RGB in ``[0, 1]`` of any size; the SavedModel and TFLite models also take
+uint8, rounded bit for bit as drn_jax rounds. :data:`FORMATS` holds one writer and one loader
+per format and a registry line. docs/export.md describes the formats, the input convention,
+the model cards and the atomic output folder.
 """
 
 from __future__ import annotations

@@ -76,6 +76,19 @@ def _forms() -> str:
     return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
 
 
+def _check_stream_sizes(patch_size: int, batch_size: int, start_position: int, threads: int | None,
+                        crops_per_image: int) -> None:
+    if patch_size < 1 or batch_size < 1:
+        raise ValueError(f"patch_size and batch_size must be positive, got {patch_size} "
+                         f"and {batch_size}")
+    if start_position < 0:
+        raise ValueError(f"start_position must be >= 0, got {start_position}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be positive or None, got {threads}")
+    if crops_per_image < 1:
+        raise ValueError(f"crops_per_image must be positive, got {crops_per_image}")
+
+
 def create_train_dataset(source: str | Source,
                          *,
                          patch_size: int,
@@ -138,15 +151,7 @@ def create_train_dataset(source: str | Source,
       SourceError: the source is invalid, or none of its images is usable.
       ValueError: a non-positive size, a negative start, a process outside the count.
     """
-    if patch_size < 1 or batch_size < 1:
-        raise ValueError(f"patch_size and batch_size must be positive, got {patch_size} "
-                         f"and {batch_size}")
-    if start_position < 0:
-        raise ValueError(f"start_position must be >= 0, got {start_position}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be positive or None, got {threads}")
-    if crops_per_image < 1:
-        raise ValueError(f"crops_per_image must be positive, got {crops_per_image}")
+    _check_stream_sizes(patch_size, batch_size, start_position, threads, crops_per_image)
     parsed = as_source(source, tfds_data_dir)
     process_index, process_count = _process_split(process_index, process_count)
     options = StreamOptions(patch_size=patch_size, batch_size=batch_size, seed=seed,

@@ -209,20 +209,26 @@ def _batches(tf: Any, blocks: Any, options: StreamOptions) -> Any:
 
     # Images found too small only once decoded stay in the stream, marked by ``fits``:
     # the iterator notes and drops them (TfDataset).
-    dataset = blocks.flat_map(decoded)
-    if per_image == 1:  # a record is a crop: no unbatching
-        dataset = dataset.map(lambda position, hr, transforms, fits: {
-            "hr": hr[0], "transform": transforms[0], "position": position, "fits": fits})
-    else:
-        dataset = dataset.map(lambda position, hr, transforms, fits: {
-            "hr": hr, "transform": transforms, "fits": tf.fill([per_image], fits),
-            "position": position * per_image + tf.range(per_image, dtype=tf.int64)}).unbatch()
-        if options.start_position % per_image:  # resuming inside a record's crops
-            start = options.start_position
-            dataset = dataset.filter(lambda crop: crop["position"] >= start)
+    dataset = _crop_records(tf, blocks.flat_map(decoded), options)
     dataset = dataset.batch(options.batch_size, drop_remainder=True)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset.with_options(stream_options(tf, options.threads))
+
+
+def _crop_records(tf: Any, records: Any, options: StreamOptions) -> Any:
+    """One element per crop, ``{'hr', 'transform', 'position', 'fits'}``, from the decoded
+    records' ``(record position, K crops, K transforms, fits)``, from the start position on."""
+    per_image = options.crops_per_image
+    if per_image == 1:  # a record is a crop: no unbatching
+        return records.map(lambda position, hr, transforms, fits: {
+            "hr": hr[0], "transform": transforms[0], "position": position, "fits": fits})
+    crops = records.map(lambda position, hr, transforms, fits: {
+        "hr": hr, "transform": transforms, "fits": tf.fill([per_image], fits),
+        "position": position * per_image + tf.range(per_image, dtype=tf.int64)}).unbatch()
+    if options.start_position % per_image:  # resuming inside a record's crops
+        start = options.start_position
+        crops = crops.filter(lambda crop: crop["position"] >= start)
+    return crops
 
 
 class SkippedRecords:
