@@ -130,6 +130,10 @@ _TABLE = flags.DEFINE_string("table", "", "print the Markdown tables of this JSO
 _REANALYSE = flags.DEFINE_string("reanalyse", "", "recompute --out's HLO-derived fields from the HLO texts "
                                   "in this folder (--hlo_dir of the runs) and exit")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "--table: also each training step's bytes by network part")
+_CROP_RATES = flags.DEFINE_list("crop_rates", ["1:986", "4:2890"],
+                                 "--table: K:crops per CPU second of the tfds: stream (benchmarks/tfds_jpeg.py, "
+                                 "docs/performance.md), for the host cores per chip")
+_CROP_HR = flags.DEFINE_integer("crop_hr", 192, "--table: the HR patch those crop rates were measured at")
 _WORKER = flags.DEFINE_string("worker", "", "internal: compile for this topology in this process")
 _TIMEOUT = flags.DEFINE_integer("timeout", 6 * 3600, "seconds per topology process")
 
@@ -194,6 +198,19 @@ def category(source: str) -> str:
     return next((name for key, name in CATEGORIES if key in source), "other")
 
 
+def kind_of(instruction: hlo_text.Instruction, convolution_fusions: set[str]) -> str:
+    """What an entry instruction is: a convolution (fused or not), a copy between layouts, a
+    move between memory spaces (async copies and slices), another fusion, or its opcode."""
+    if instruction.opcode == "convolution" or (instruction.opcode == "fusion"
+                                               and instruction.called in convolution_fusions):
+        return "convolution"
+    if instruction.opcode == "copy":
+        return "layout copy"
+    if instruction.opcode in ("copy-start", "slice-start", "custom-call"):
+        return "memory-space move"
+    return "other fusion" if instruction.opcode == "fusion" else instruction.opcode
+
+
 def layer(op_name: str, source_category: str) -> str:
     """The network part an op belongs to, from its JAX name stack (Flax module paths), and
     whether it is of the backward pass: ``"residual@1 backward"``, ``"upsample@0 forward"``, ..."""
@@ -240,6 +257,9 @@ def analyse_text(text: str) -> dict:
     record["convolutions"] = sum(i.opcode == "convolution" for i in module.instructions.values())
     by_category: dict[str, dict[str, float]] = {}
     by_layer: dict[str, dict[str, float]] = {}
+    by_kind: dict[str, dict[str, float]] = {}
+    by_minor: dict[str, list[float]] = {}  # the minor dimension's size -> [padded, logical] bytes
+    convolution_fusions = {i.computation for i in module.instructions.values() if i.opcode == "convolution"}
     fusions = []
     for instruction in module.entry:
         moved = hlo_text.instruction_bytes(module, instruction)
@@ -251,6 +271,17 @@ def analyse_text(text: str) -> dict:
         part["bytes"] += moved
         part["hbm_bytes"] += hlo_text.instruction_bytes(module, instruction, on_chip=False)
         part["estimated_cycles"] += instruction.estimated_cycles
+        kind = kind_of(instruction, convolution_fusions)
+        what = by_kind.setdefault(kind, {"bytes": 0.0, "hbm_bytes": 0.0, "instructions": 0, "estimated_cycles": 0})
+        what["bytes"] += moved
+        what["hbm_bytes"] += hlo_text.instruction_bytes(module, instruction, on_chip=False)
+        what["instructions"] += 1
+        what["estimated_cycles"] += instruction.estimated_cycles
+        for array in module.operand_arrays(instruction) + instruction.arrays:
+            if array.dims and array.minor_to_major:
+                sizes = by_minor.setdefault(str(array.dims[array.minor_to_major[0]]), [0.0, 0.0])
+                sizes[0] += array.padded_bytes
+                sizes[1] += array.logical_bytes
         entry = by_category.setdefault(name, {"bytes": 0.0, "hbm_bytes": 0.0, "logical_bytes": 0.0,
                                               "instructions": 0, "estimated_cycles": 0})
         entry["bytes"] += moved
@@ -261,6 +292,8 @@ def analyse_text(text: str) -> dict:
         fusions.append((moved, name, instruction))
     record["bytes_by_category"] = by_category
     record["bytes_by_layer"] = by_layer
+    record["bytes_by_kind"] = by_kind
+    record["bytes_by_minor_dimension"] = dict(sorted(by_minor.items(), key=lambda item: -item[1][0])[:8])
     for key in ("bytes", "hbm_bytes", "logical_bytes", "estimated_cycles"):
         record[f"hlo_{key}"] = sum(entry[key] for entry in by_category.values())
     fusions.sort(key=lambda item: -item[0])
@@ -596,6 +629,20 @@ def table(path: str) -> str:
         for r in train:
             if r.get("compiled") and r.get("bytes_by_layer"):
                 lines += ["", *breakdown(r)]
+    rates = dict(item.split(":") for item in _CROP_RATES.value)
+    fed = [r for r in train if r.get("compiled") and r.get("roofline_s") and r["hr"] == _CROP_HR.value]
+    if rates and fed:
+        lines += ["", f"Host cores per chip for tfds: JPEG crops at HR {_CROP_HR.value} "
+                  f"(crops per CPU second: {', '.join(f'K {k} {v}' for k, v in rates.items())})", "",
+                  "| config | slice | images per chip | predicted img/s per chip: cost / HBM roofline "
+                  + "".join(f"| cores, K {k} " for k in rates) + "|",
+                  "|---|---|---|---|" + "---|" * len(rates)]
+        for r in fed:
+            cost, hbm = r["images_per_s_per_chip"], r.get("images_per_s_per_chip_hbm")
+            cells = [f"{cost / float(v):.2f} / {hbm / float(v):.2f}" if hbm else f"{cost / float(v):.2f}"
+                     for v in rates.values()]
+            lines.append(f"| {r['config']} | {r['topology']} | {r['per_chip_batch']} | {_pair(cost, hbm, '.0f')} | "
+                         + " | ".join(cells) + " |")
     lines += ["", "Inference programs, one call per chip", "",
               "| program | config | chip / slice | LR side × batch | dtype | conv | memory total, GiB (HBM) "
               "| GFLOP: compiler / analytic (ratio) | GB per call | bound | roofline ms | of bf16 peak | Winograd ops |",
@@ -623,6 +670,20 @@ def breakdown(r: dict) -> list[str]:
         lines.append(f"| {name} | {p['bytes'] / 1e9:.2f} | {100 * p['bytes'] / total:.1f}% "
                      f"| {p['bytes'] / images / 1e6:.0f} | {p['hbm_bytes'] / 1e9:.2f} "
                      f"| {100 * p['estimated_cycles'] / cycles:.1f}% |")
+    kinds = r.get("bytes_by_kind", {})
+    if kinds:
+        lines += ["", "| instructions | GB | share | of which HBM, GB | share of the cycle estimates |", "|---|---|---|---|---|"]
+        for name, p in sorted(kinds.items(), key=lambda item: -item[1]["bytes"]):
+            if p["bytes"] >= 0.002 * total:
+                lines.append(f"| {name} ({p['instructions']}) | {p['bytes'] / 1e9:.2f} | {100 * p['bytes'] / total:.1f}% "
+                             f"| {p['hbm_bytes'] / 1e9:.2f} | {100 * p['estimated_cycles'] / cycles:.1f}% |")
+    minor = r.get("bytes_by_minor_dimension", {})
+    if minor:
+        arrays = sum(padded for padded, _ in minor.values())
+        lines += ["", "| arrays by the size of their minor (lane) dimension | GB, padded to the tile | GB of values | padding |",
+                  "|---|---|---|---|"]
+        lines += [f"| {size} | {padded / 1e9:.2f} ({100 * padded / arrays:.0f}%) | {values / 1e9:.2f} | {padded / values:.2f}× |"
+                  for size, (padded, values) in minor.items() if padded >= 0.01 * arrays]
     return lines
 
 
