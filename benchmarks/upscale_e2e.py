@@ -18,7 +18,12 @@ Wall time of separate processes, each started as a user would start it, in this 
    per photo of each orientation, whose sum over the folder is the folder's target basis.
 6. ``torch``: with ``--torch_python``, a plain PyTorch script (written by this benchmark) that
    imports ``../shared/peers/torch_drn.py``'s DRN (F 32, R 6, x4, random weights), reads the
-   photo, runs one forward pass and writes the PNG, reporting its phases.
+   photo, runs one forward pass and writes the PNG, reporting its phases; then ``--pairs``
+   times the second drn-upscale run and the script in turn, for a ratio under the same load.
+
+The folder's target basis is its own network calls (``--timings``' ``network``, compilations
+taken out: the sum of the warm network times of its photos, in the same process); the warm
+worker's times × the photo count are reported beside it.
 
 drn-upscale runs with ``--timings``, which reports its phases (load, compile, read, network,
 tiles, write; :mod:`drn_jax.upscale`); the rest of a process's wall time is the interpreter,
@@ -37,6 +42,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import shutil
 import statistics
 import subprocess
@@ -99,19 +105,27 @@ def photos(count: int) -> list[pathlib.Path]:
     raise SystemExit(f"{BSD200}: fewer than {count} photos of 481×321 or 321×481")
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _timed(command: list[str], env: dict, label: str) -> dict:
-    """Runs `command`; wall seconds, its --timings JSON (if printed) and the load average."""
+    """Runs `command`; wall and CPU seconds, its --timings JSON (if printed), the load average."""
     load_before = os.getloadavg()[0]
+    cpu_before = _cpu_seconds()
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_before
     if done.returncode:
         raise SystemExit(f"{label}: exit status {done.returncode}\n{done.stderr[-3000:]}")
     report = None
     for line in (done.stderr + "\n" + done.stdout).splitlines():
         if line.startswith("{") and '"timings"' in line:
             report = json.loads(line)
-    result = {"wall_s": wall, "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
+    result = {"wall_s": wall, "cpu_s": cpu, "load_average_before": load_before,
+              "load_average_after": os.getloadavg()[0]}
     if report is not None:
         result.update(report)
         if "main_s" in report:
@@ -179,6 +193,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. whether the machine was quiet)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "upscale_e2e.json"))
     parser.add_argument("--skip", default="", help="comma-separated cases to skip (folder, torch, ...)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="with --torch_python: second drn-upscale and torch script run in turn this often")
     parser.add_argument("--_warm", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._warm:
@@ -221,8 +237,15 @@ def main() -> None:
 
             script = work / "torch_upscale.py"
             script.write_text(TORCH_SCRIPT)
-            runs["torch"] = _timed([args.torch_python, str(script), str(TORCH_PEER), str(photo),
-                                    str(work / "torch.png"), str(image_io.PNG_COMPRESS_LEVEL)], env, "torch")
+            torch_command = [args.torch_python, str(script), str(TORCH_PEER), str(photo),
+                             str(work / "torch.png"), str(image_io.PNG_COMPRESS_LEVEL)]
+            runs["torch"] = _timed(torch_command, env, "torch")
+            # In turn, so that load from elsewhere falls on both alike.
+            pairs = [(_timed(command, env, "second"), _timed(torch_command, env, "torch"))
+                     for _ in range(args.pairs)]
+            runs["pairs"] = [{"drn_upscale_s": a["wall_s"], "torch_s": b["wall_s"],
+                              "drn_upscale_cpu_s": a["cpu_s"], "torch_cpu_s": b["cpu_s"],
+                              "ratio": a["wall_s"] / b["wall_s"]} for a, b in pairs]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -247,12 +270,20 @@ def _size(path: pathlib.Path) -> tuple[int, int]:
 def _checks(result: dict, chosen: list[pathlib.Path]) -> dict:
     runs = result["runs"]
     checks = {"second_s": runs["second"]["wall_s"], "first_s": runs["first"]["wall_s"]}
-    if "folder" in runs and "warm" in runs:
-        warm = runs["warm"]
-        network_sum = sum(warm["landscape" if _size(p) == PHOTO_SHAPES[0] else "portrait"]["network_s"]
-                          for p in chosen)
+    if "folder" in runs:
+        # The folder's own network calls, compilations taken out: the sum of its warm network
+        # times, measured in the same process under the same load as its wall time.
+        network_sum = runs["folder"]["timings"]["network"]
         checks["folder_network_sum_s"] = network_sum
         checks["folder_over_network"] = runs["folder"]["wall_s"] / network_sum
+    if "folder" in runs and "warm" in runs:
+        warm = runs["warm"]
+        separate = sum(warm["landscape" if _size(p) == PHOTO_SHAPES[0] else "portrait"]["network_s"]
+                       for p in chosen)
+        checks["folder_warm_worker_sum_s"] = separate
+        checks["folder_over_warm_worker"] = runs["folder"]["wall_s"] / separate
+    if "pairs" in runs:
+        checks["second_over_torch_median"] = statistics.median(pair["ratio"] for pair in runs["pairs"])
     checks["met"] = {key: checks[key] <= limit for key, limit in TARGETS.items() if key in checks}
     return checks
 
@@ -260,8 +291,8 @@ def _checks(result: dict, chosen: list[pathlib.Path]) -> dict:
 def table(result: dict) -> str:
     runs, checks = result["runs"], result["checks"]
     phases = ("load", "compile", "read", "network", "tiles", "write")
-    lines = ["| run | wall | start-up + imports + exit | " + " | ".join(phases) + " | target |",
-             "|---|---|---|" + "---|" * len(phases) + "---|"]
+    lines = ["| run | wall | CPU | start-up + imports + exit | " + " | ".join(phases) + " | target |",
+             "|---|---|---|---|" + "---|" * len(phases) + "---|"]
     for name in ("first", "second", "folder"):
         if name not in runs:
             continue
@@ -272,7 +303,7 @@ def table(result: dict) -> str:
         key = {"first": "first_s", "second": "second_s", "folder": "folder_over_network"}[name]
         if key in checks["met"]:
             target += " (met)" if checks["met"][key] else " (missed)"
-        lines.append(f"| {name} | {run['wall_s']:.2f} s | {run.get('startup_and_exit_s', 0):.2f} s | "
+        lines.append(f"| {name} | {run['wall_s']:.2f} s | {run['cpu_s']:.2f} s | {run.get('startup_and_exit_s', 0):.2f} s | "
                      + " | ".join(f"{timings.get(p, 0):.2f}" for p in phases) + f" | {target} |")
     lines.append(f"\nimports alone (python -c 'import drn_jax.upscale'): {runs['import']['wall_s']:.2f} s")
     if "warm" in runs:
@@ -283,8 +314,11 @@ def table(result: dict) -> str:
                          f"{entry['network_s']:.2f} s ({entry['tiles']} tiles of {entry['tile_shape'][0]}×"
                          f"{entry['tile_shape'][1]}, {entry['work_ratio']:.2f}× the pixels; conv={warm['conv']})")
     if "folder_network_sum_s" in checks:
-        lines.append(f"folder: {runs['folder']['wall_s']:.1f} s against the sum of warm network times "
+        lines.append(f"folder: {runs['folder']['wall_s']:.1f} s against its network calls' "
                      f"{checks['folder_network_sum_s']:.1f} s: {checks['folder_over_network']:.2f}×")
+    if "folder_warm_worker_sum_s" in checks:
+        lines.append(f"folder against the warm worker's times × {result['folder_size']} photos "
+                     f"({checks['folder_warm_worker_sum_s']:.1f} s): {checks['folder_over_warm_worker']:.2f}×")
     if "png" in runs:
         lines.append("PNG of the output: " + ", ".join(
             f"zlib level {level} {entry['s']:.2f} s, {entry['bytes'] / 2**20:.2f} MiB"
@@ -292,7 +326,12 @@ def table(result: dict) -> str:
     if "torch" in runs:
         torch_run = runs["torch"]
         parts = ", ".join(f"{k} {v:.2f}" for k, v in torch_run["timings"].items())
-        lines.append(f"torch peer script (F 32, R 6, whole image): {torch_run['wall_s']:.2f} s ({parts})")
+        lines.append(f"torch peer script (F 32, R 6, whole image): {torch_run['wall_s']:.2f} s, CPU "
+                     f"{torch_run['cpu_s']:.2f} s ({parts})")
+    if "pairs" in runs:
+        lines.append("in turn, second drn-upscale / torch script: " + ", ".join(
+            f"{pair['drn_upscale_s']:.2f} / {pair['torch_s']:.2f} s" for pair in runs["pairs"])
+            + f"; median ratio {checks['second_over_torch_median']:.2f}")
     lines.append(f"load average: {result['load_average_start']:.2f} at the start; note: {result['note'] or '-'}")
     return "\n".join(lines)
 
