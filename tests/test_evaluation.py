@@ -83,8 +83,9 @@ def test_model_evaluates_end_to_end(tmp_path, monkeypatch):
     config = ml_collections.ConfigDict({"scale": 4, "data": {"val": "samples:val"}})
     calls = []
 
-    def load_model(workdir=None, checkpoint=None, pretrained=None):
-        calls.append((workdir, checkpoint))
+    def load_model(source, **overrides):  # a loading.ModelSource, as eval_cli passes it
+        calls.append((pathlib.Path(source.location) if source.kind == "workdir" else None,
+                      source.location if source.kind == "checkpoint" else None))
         return config, model, variables
 
     monkeypatch.setattr(loading, "load_model", load_model)
