@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
 """The accelerator benchmark: x4/x8 training steps and x4 inference on one GPU or TPU, in one process.
 
-    python benchmarks/accelerator.py --out accelerator.jsonl
-    python benchmarks/accelerator.py --torch_peer ../shared/peers/torch_drn.py   # + the peer on CUDA
+    python benchmarks/accelerator.py --output=accelerator.jsonl
+    python benchmarks/accelerator.py --torch_peer=../shared/peers/torch_drn.py   # + the peer on CUDA
     python benchmarks/accelerator.py --quick          # smoke run on any backend, tiny sizes
+    python benchmarks/accelerator.py --count_flops --output=flops.jsonl   # on CPU
+    python benchmarks/accelerator.py --table=accelerator.jsonl,flops.jsonl  # the Markdown table
 
 The paper's model (F 64, R 7) with bfloat16 computation and float32 loss and parameters
 (``config.model.dtype = "bfloat16"``), plus float32 rows for comparison. Every case is compiled
 once and timed over ``--steps`` calls after warm-up; the FLOPs of a call are XLA's own count of
 the lowered program (``lowered.cost_analysis()``, before the convolutions become cuDNN calls that
 the compiled program's analysis skips), so the achieved TFLOP/s and the fraction of the chip's
-dense bfloat16 peak come from the program that ran. One JSON line per case on stdout (and in
-``--out``), each written as soon as it is measured so that a run cut short keeps what it did.
+dense bfloat16 peak come from the program that ran. One JSON line per case on stdout (and appended
+to ``--output``), each written as soon as it is measured so that a run cut short keeps what it did.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -25,10 +27,18 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+
+import jax  # noqa: E402  (after the environment and the path are set)
+import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
+from bench_programs import lower_step, lowered_flops, make_step, time_step, timeit, train_config  # noqa: E402
+
+from drn_jax import cli, models  # noqa: E402
 
 # Dense bfloat16 peak FLOP/s from the vendors' data sheets (no sparsity), by `device_kind` prefix.
 BF16_PEAKS = {"NVIDIA H100": 989.4e12, "NVIDIA H200": 989.4e12, "NVIDIA A100": 312e12}
@@ -39,28 +49,17 @@ def bf16_peak(kind: str) -> float | None:
 
 
 def _case_config(scale: int, batch: int, patch: int, dtype: str, quick: bool, conv: str = "auto"):
-    import bench
-
-    config = bench._train_config(f"x{scale}", quick)
+    config = train_config(f"x{scale}", quick)
     config.batch_size, config.data.hr_patch_size, config.model.dtype = batch, patch, dtype
     config.model.conv = conv
     return config
 
 
 def train_case(scale: int, batch: int, patch: int, dtype: str, quick: bool, warmup: int, steps: int) -> dict:
-    import jax
-
-    import bench
-
+    """The x`scale` training step at `batch` × `patch`² in `dtype`: compile and median seconds."""
     config = _case_config(scale, batch, patch, dtype, quick)
-    compiled, state, hr_batch, compile_s, flops = bench._make_step(config)
-    box = {"state": state}
-
-    def step():
-        box["state"], metrics = compiled(box["state"], hr_batch)
-        jax.block_until_ready(metrics)
-
-    times = bench._timeit(step, warmup=warmup, steps=steps)
+    compiled, state, hr_batch, compile_s, flops = make_step(config)
+    times, _ = time_step(compiled, state, hr_batch, warmup=warmup, steps=steps)
     return {"case": f"train_x{scale}", "batch": batch, "hr_patch": patch, "dtype": dtype,
             "features": config.model.features, "modules_per_block": config.model.modules_per_block,
             "compile_s": compile_s, "median_s": statistics.median(times), "min_s": min(times),
@@ -68,11 +67,6 @@ def train_case(scale: int, batch: int, patch: int, dtype: str, quick: bool, warm
 
 
 def _lower_infer(lr_size: int, batch: int, dtype: str, quick: bool, conv: str = "auto"):
-    import jax
-    import jax.numpy as jnp
-
-    from drn_jax import models
-
     model = models.DRN(4, modules_per_block=2 if quick else 7, dtype=jnp.dtype(dtype), conv=conv)
     lr = jax.random.uniform(jax.random.key(1), (batch, lr_size, lr_size, 3), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(0), lr)
@@ -80,28 +74,24 @@ def _lower_infer(lr_size: int, batch: int, dtype: str, quick: bool, conv: str = 
 
 
 def infer_case(lr_size: int, batch: int, dtype: str, quick: bool, warmup: int, steps: int) -> dict:
-    import jax
-
-    import bench
-
+    """The x4 upscale of `batch` LR images of `lr_size`² in `dtype`: compile and median seconds."""
     start = time.perf_counter()
     lowered, variables, lr = _lower_infer(lr_size, batch, dtype, quick)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    times = bench._timeit(lambda: jax.block_until_ready(compiled(variables, lr)), warmup=warmup, steps=steps)
+    times = timeit(lambda: jax.block_until_ready(compiled(variables, lr)), warmup=warmup, steps=steps)
     return {"case": "infer_x4", "lr_size": lr_size, "batch": batch, "dtype": dtype,
             "compile_s": compile_s, "median_s": statistics.median(times), "min_s": min(times),
             "images_per_s": batch / statistics.median(times),
-            "flops_per_call": bench.lowered_flops(lowered)}
+            "flops_per_call": lowered_flops(lowered)}
 
 
 def torch_cases(peer_path: str, quick: bool, warmup: int, steps: int) -> list[dict]:
     """The PyTorch peer's own model, pyramid and loss on CUDA (bf16 autocast, channels-last)."""
-    import torch
+    import torch  # the peer's side only: drn-jax does not depend on it
+    from bench_peer import load_torch_peer
 
-    import bench
-
-    peer = bench.load_torch_peer(peer_path)
+    peer = load_torch_peer(peer_path)
     device = torch.device("cuda")
     blocks = 2 if quick else 7
     records = []
@@ -110,7 +100,7 @@ def torch_cases(peer_path: str, quick: bool, warmup: int, steps: int) -> list[di
         def run():
             fn()
             torch.cuda.synchronize()
-        return bench._timeit(run, warmup=warmup, steps=steps)
+        return timeit(run, warmup=warmup, steps=steps)
 
     for scale, batch, patch in ((4, 16, 96), (8, 16, 96), (4, 64, 192)):
         if quick:
@@ -150,8 +140,9 @@ def _key(record: dict) -> tuple:
 
 
 def table(timings_path: str, flops_path: str) -> str:
-    """Markdown: each JAX case's time, images/s, TFLOP/s and fraction of the bf16 peak, beside the
-    PyTorch peer's time for the same sizes."""
+    """Markdown of a timing run's and a --count_flops run's JSON lines: each JAX case's time,
+    images/s, TFLOP/s and fraction of the bf16 peak, beside the PyTorch peer's time for the same
+    sizes."""
     timings = [json.loads(line) for line in open(timings_path) if line.strip()]
     flops = {(_key(r), r.get("dtype")): r["flops_per_call"] for r in map(json.loads, open(flops_path))
              if r.get("flops_per_call")}
@@ -178,36 +169,34 @@ def table(timings_path: str, flops_path: str) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="R 2, small sizes: a smoke run")
-    parser.add_argument("--count_flops", action="store_true",
-                        help="only lower every case, with conv='xla' (the direct convolutions a GPU "
-                             "runs, not the CPU Winograd kernels), and print XLA's FLOP count (run it "
-                             "on CPU: GPU backends may not count the lowered program)")
-    parser.add_argument("--torch_peer", default=None, help="torch_drn.py: also time the peer on CUDA")
-    parser.add_argument("--table", nargs=2, metavar=("TIMINGS", "FLOPS"),
-                        help="print the Markdown table of a timing run and a --count_flops run, and exit")
-    args = parser.parse_args()
-    if args.table:
-        print(table(*args.table))
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def define_flags(values: flags.FlagValues) -> None:
+    """accelerator.py's flags, in `values` (a private `flags.FlagValues`)."""
+    flags.DEFINE_string("output", None, "also append the JSON lines to this file", flag_values=values)
+    flags.DEFINE_integer("steps", 20, "timed calls per case", flag_values=values)
+    flags.DEFINE_integer("warmup", 3, "untimed calls before them", flag_values=values)
+    flags.DEFINE_boolean("quick", False, "R 2, small sizes: a smoke run", flag_values=values)
+    flags.DEFINE_boolean("count_flops", False, "only lower every case, with conv='xla' (the direct "
+                         "convolutions a GPU runs, not the CPU Winograd kernels), and print XLA's FLOP count "
+                         "(run it on CPU: GPU backends may not count the lowered program)", flag_values=values)
+    flags.DEFINE_string("torch_peer", None, "torch_drn.py: also time the peer on CUDA", flag_values=values)
+    flags.DEFINE_list("table", [], "TIMINGS,FLOPS: print the Markdown table of a timing run's and a "
+                      "--count_flops run's JSON lines, and exit", flag_values=values)
 
-    import jax
 
-    out = open(args.out, "a") if args.out else None  # noqa: SIM115 (kept open for line-by-line writes)
+def cases(small: bool) -> list[tuple[str, dict]]:
+    """(kind, options) of every case, bfloat16 and float32; `small`: the --quick sizes."""
+    return [
+        ("train", dict(scale=4, batch=16, patch=96 if not small else 32, dtype="bfloat16")),
+        ("train", dict(scale=4, batch=16, patch=96 if not small else 32, dtype="float32")),
+        ("train", dict(scale=8, batch=16, patch=96 if not small else 32, dtype="bfloat16")),
+        ("train", dict(scale=4, batch=64 if not small else 4, patch=192 if not small else 32, dtype="bfloat16")),
+        ("infer", dict(lr_size=128 if not small else 16, batch=1, dtype="bfloat16")),
+        ("infer", dict(lr_size=256 if not small else 24, batch=1, dtype="bfloat16")),
+        ("infer", dict(lr_size=256 if not small else 24, batch=1, dtype="float32")),
+    ]
 
-    def emit(record: dict) -> None:
-        line = json.dumps(record)
-        print(line, flush=True)
-        if out:
-            out.write(line + "\n")
-            out.flush()
 
+def _machine() -> dict:
     device = jax.devices()[0]
     info = {"case": "machine", "backend": jax.default_backend(), "device_kind": device.device_kind,
             "devices": jax.device_count(), "jax": jax.__version__}
@@ -217,34 +206,30 @@ def main() -> None:
             capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    emit(info)
+    return info
 
-    small = args.quick
-    cases = [
-        ("train", dict(scale=4, batch=16, patch=96 if not small else 32, dtype="bfloat16")),
-        ("train", dict(scale=4, batch=16, patch=96 if not small else 32, dtype="float32")),
-        ("train", dict(scale=8, batch=16, patch=96 if not small else 32, dtype="bfloat16")),
-        ("train", dict(scale=4, batch=64 if not small else 4, patch=192 if not small else 32, dtype="bfloat16")),
-        ("infer", dict(lr_size=128 if not small else 16, batch=1, dtype="bfloat16")),
-        ("infer", dict(lr_size=256 if not small else 24, batch=1, dtype="bfloat16")),
-        ("infer", dict(lr_size=256 if not small else 24, batch=1, dtype="float32")),
-    ]
-    if args.count_flops:
-        import bench
 
-        for kind, options in cases:  # conv="xla": the convolutions the GPU runs, not CPU Winograd's
-            if kind == "train":
-                lowered = bench._lower_step(_case_config(**options, quick=small, conv="xla"))[0]
-            else:
-                lowered = _lower_infer(**options, quick=small, conv="xla")[0]
-            emit({"case": f"{kind}_x{options.get('scale', 4)}", **options, "flops_per_call": bench.lowered_flops(lowered)})
-        return
-    for kind, options in cases:
+def count_flops(emit: Callable[[dict], None], small: bool) -> None:
+    """XLA's FLOP count of every case, lowered with conv="xla": the convolutions the GPU runs,
+    not CPU Winograd's."""
+    for kind, options in cases(small):
+        if kind == "train":
+            lowered = lower_step(_case_config(**options, quick=small, conv="xla"))[0]
+        else:
+            lowered = _lower_infer(**options, quick=small, conv="xla")[0]
+        emit({"case": f"{kind}_x{options.get('scale', 4)}", **options, "flops_per_call": lowered_flops(lowered)})
+
+
+def time_cases(emit: Callable[[dict], None], small: bool, warmup: int, steps: int) -> None:
+    """Every case timed, with its achieved TFLOP/s and share of the bf16 peak; a failing case
+    is an error record, and the others still run."""
+    peak = bf16_peak(jax.devices()[0].device_kind)
+    for kind, options in cases(small):
         try:
             if kind == "train":
-                record = train_case(**options, quick=small, warmup=args.warmup, steps=args.steps)
+                record = train_case(**options, quick=small, warmup=warmup, steps=steps)
             else:
-                record = infer_case(**options, quick=small, warmup=args.warmup, steps=args.steps)
+                record = infer_case(**options, quick=small, warmup=warmup, steps=steps)
         except Exception as err:  # one failing case should not lose the others
             emit({"case": kind, **options, "error": f"{type(err).__name__}: {err}"[-1500:],
                   "traceback": traceback.format_exc()[-3000:]})
@@ -252,17 +237,48 @@ def main() -> None:
         if record["flops_per_call"]:
             achieved = record["flops_per_call"] / record["median_s"]
             record["achieved_tflops"] = achieved / 1e12
-            peak = bf16_peak(device.device_kind)
             if peak:
                 record["fraction_of_bf16_peak"] = achieved / peak
         emit(record)
-    if args.torch_peer:
-        try:
-            for record in torch_cases(args.torch_peer, small, args.warmup, args.steps):
-                emit(record)
-        except Exception as err:
-            emit({"case": "torch", "error": f"{type(err).__name__}: {err}"[-1500:]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line `argv` (default: ``sys.argv[1:]``); the exit status."""
+    return cli.console_command("accelerator.py", define_flags, _main, argv)
+
+
+def _main(rest: list[str], args: flags.FlagValues) -> int:
+    if rest:
+        raise ValueError(f"unexpected argument {rest[0]!r}; see --help")
+    if args.table:
+        if len(args.table) != 2:
+            raise ValueError("--table: give two files, --table=TIMINGS,FLOPS")
+        print(table(*args.table))
+        return 0
+    with contextlib.ExitStack() as stack:
+        # Appended line by line, so that a run cut short keeps what it measured.
+        out = stack.enter_context(open(args.output, "a")) if args.output else None
+
+        def emit(record: dict) -> None:
+            line = json.dumps(record)
+            print(line, flush=True)
+            if out:
+                out.write(line + "\n")
+                out.flush()
+
+        emit(_machine())
+        if args.count_flops:
+            count_flops(emit, args.quick)
+            return 0
+        time_cases(emit, args.quick, args.warmup, args.steps)
+        if args.torch_peer:
+            try:
+                for record in torch_cases(args.torch_peer, args.quick, args.warmup, args.steps):
+                    emit(record)
+            except Exception as err:
+                emit({"case": "torch", "error": f"{type(err).__name__}: {err}"[-1500:]})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
