@@ -1,6 +1,6 @@
 """Exported models against JAX: artifact size, load time and CPU inference time per format.
 
-    python benchmarks/export.py [--model x4] [--sizes 128,256] [--repeats 3] [--output results.json]
+    python benchmarks/export.py [--pretrained=x4] [--sizes=128,256] [--repeats=3] [--output=export.json]
 
 Each format of :data:`drn_jax.export.FORMATS` is exported from the pretrained model into a
 temporary folder, loaded with its own runtime (:func:`drn_jax.export.load`) and timed on one
@@ -14,7 +14,6 @@ load average before each row is recorded.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -28,8 +27,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
-from drn_jax import export, inference, loading  # noqa: E402
+from drn_jax import cli, export, inference, loading  # noqa: E402
+from drn_jax.files import write_atomic  # noqa: E402
 from drn_jax.machine import machine_description  # noqa: E402
 
 
@@ -53,31 +54,32 @@ def _row(name: str, load_s: float, size_bytes: int | None, predict, images, repe
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="x4", help="a pretrained model name")
-    parser.add_argument("--sizes", default="128,256", help="LR sides, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--formats", default=",".join(export.FORMATS))
-    parser.add_argument("--output", default=None, help="write the result JSON here")
-    args = parser.parse_args()
+def define_flags(values: flags.FlagValues) -> None:
+    """export.py's flags, in `values` (a private `flags.FlagValues`)."""
+    flags.DEFINE_string("pretrained", "x4", "a pretrained model name", flag_values=values)
+    flags.DEFINE_list("sizes", ["128", "256"], "LR sides", flag_values=values)
+    flags.DEFINE_integer("repeats", 3, "timed calls per size, after the first", flag_values=values)
+    flags.DEFINE_list("formats", list(export.FORMATS), "the exported formats to compare", flag_values=values)
+    flags.DEFINE_string("output", None, "write the result JSON here", flag_values=values)
 
+
+def measure(name: str, sides: list[int], repeats: int, formats: list[str]) -> list[dict]:
+    """The rows: JAX with conv="auto" and "xla", then each format exported from pretrained `name`."""
     rng = np.random.default_rng(0)
-    images = {int(side): rng.random((1, int(side), int(side), 3), dtype=np.float32)
-              for side in args.sizes.split(",")}
+    images = {side: rng.random((1, side, side, 3), dtype=np.float32) for side in sides}
     rows = []
     for conv in ("auto", "xla"):
         start = time.perf_counter()
-        loaded = loading.load_model(pretrained=args.model, conv=conv)
+        loaded = loading.load_model(pretrained=name, conv=conv)
         runner = inference.ModelRunner(loaded.model).bind(loaded.variables)
-        rows.append(_row(f"jax (conv={conv})", time.perf_counter() - start, None, runner, images, args.repeats))
+        rows.append(_row(f"jax (conv={conv})", time.perf_counter() - start, None, runner, images, repeats))
 
-    loaded = export.load_for_export(pretrained=args.model)
+    loaded = export.load_for_export(pretrained=name)
     with tempfile.TemporaryDirectory() as scratch:
-        for name in args.formats.split(","):
-            folder = pathlib.Path(scratch) / name
+        for fmt in formats:
+            folder = pathlib.Path(scratch) / fmt
             start = time.perf_counter()
-            artifact = export.export(loaded, name, folder, pretrained_name=args.model)
+            artifact = export.export(loaded, fmt, folder, pretrained_name=name)
             export_s = time.perf_counter() - start
             size = export.artifact_bytes(artifact)
             with warnings.catch_warnings():
@@ -85,17 +87,14 @@ def main() -> None:
                 start = time.perf_counter()
                 predict = export.load(folder)
                 load_s = time.perf_counter() - start
-            row = _row(name, load_s, size, predict, images, args.repeats)
+            row = _row(fmt, load_s, size, predict, images, repeats)
             row["export_s"] = export_s
             rows.append(row)
+    return rows
 
-    result = {"model": args.model, "machine": machine_description(), "repeats": args.repeats,
-              "cpu_count": os.cpu_count(),
-              "note": "CPU shared with a training run; run under nice -n 19; compare rows within this run only",
-              "rows": rows}
-    if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    sides = list(images)
+
+def table(rows: list[dict], sides: list[int]) -> str:
+    """Markdown: each row's artifact size, load time, times per size and ratios to the first row."""
     reference = rows[0]
     header = ("| format | artifact | load | " + " | ".join(f"LR {s}² (first call)" for s in sides)
               + " | " + " | ".join(f"vs JAX auto, {s}²" for s in sides) + " |")
@@ -105,8 +104,28 @@ def main() -> None:
         times = " | ".join(f"{row[f'lr{s}']['median_s']:.2f} s ({row[f'lr{s}']['first_call_s']:.2f} s)" for s in sides)
         ratios = " | ".join(f"{row[f'lr{s}']['median_s'] / reference[f'lr{s}']['median_s']:.2f}×" for s in sides)
         lines.append(f"| {row['format']} | {size} | {row['load_s']:.2f} s | {times} | {ratios} |")
-    print("\n".join(lines), file=sys.stderr)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line `argv` (default: ``sys.argv[1:]``); the exit status."""
+    return cli.console_command("export.py", define_flags, _main, argv)
+
+
+def _main(rest: list[str], args: flags.FlagValues) -> int:
+    if rest:
+        raise ValueError(f"unexpected argument {rest[0]!r}; see --help")
+    sides = list(dict.fromkeys(int(side) for side in args.sizes))  # in order, once each
+    rows = measure(args.pretrained, sides, args.repeats, args.formats)
+    result = {"model": args.pretrained, "machine": machine_description(), "repeats": args.repeats,
+              "cpu_count": os.cpu_count(),
+              "note": "CPU shared with a training run; run under nice -n 19; compare rows within this run only",
+              "rows": rows}
+    if args.output:
+        write_atomic(args.output, json.dumps(result, indent=2) + "\n")
+    print(table(rows, sides), file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,8 +2,8 @@
 """Crops per second of the training stream of a folder source, at 1 and 2 threads.
 
     python benchmarks/pipeline.py                       # ../shared/data/train, else generated images
-    python benchmarks/pipeline.py --data DIR --seconds 10 --threads 1,2,4
-    python benchmarks/pipeline.py --cache_bytes 0       # decode every crop's image from its file
+    python benchmarks/pipeline.py --data=DIR --seconds=10 --threads=1,2,4
+    python benchmarks/pipeline.py --cache_bytes=0       # decode every crop's image from its file
 
 Patch 96, batch 16 (the x4 recipe's HR crops). Prints one JSON object:
 ``{"source": ..., "patch": 96, "batch": 16, "crops_per_s_1_thread": ..., "crops_per_s_2_threads": ...}``.
@@ -14,7 +14,6 @@ back to back.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -23,12 +22,13 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from absl import flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_DATA = REPO.parent / "shared" / "data" / "train"
 sys.path.insert(0, str(REPO))
 
-from drn_jax import data, image_io  # noqa: E402  (after the path is set)
+from drn_jax import cli, data, image_io  # noqa: E402  (after the path is set)
 
 
 def measure_throughput(source: str | data.Source, patch_size: int, batch_size: int, seconds: float,
@@ -64,16 +64,28 @@ def generated_folder(root: pathlib.Path, count: int = 64) -> pathlib.Path:
     return root
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None,
-                        help=f"folder(s), comma-separated (default {TRAIN_DATA} if present)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="per thread count")
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--patch", type=int, default=96)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--cache_bytes", type=int, default=data.DEFAULT_CACHE_BYTES)
-    args = parser.parse_args()
+def define_flags(values: flags.FlagValues) -> None:
+    """pipeline.py's flags, in `values` (a private `flags.FlagValues`: bench_worker.py and the
+    tests import this module)."""
+    flags.DEFINE_string("data", None, f"folder(s), comma-separated (default {TRAIN_DATA} if present)",
+                        flag_values=values)
+    flags.DEFINE_float("seconds", 5.0, "per thread count", flag_values=values)
+    flags.DEFINE_list("threads", ["1", "2"], "thread counts", flag_values=values)
+    flags.DEFINE_integer("patch", 96, "HR crop side", flag_values=values)
+    flags.DEFINE_integer("batch", 16, "crops per batch", flag_values=values)
+    flags.DEFINE_integer("cache_bytes", data.DEFAULT_CACHE_BYTES, "the decoded-image cache (0: decode "
+                         "every crop's image from its file)", flag_values=values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measures on the command line `argv` (default: ``sys.argv[1:]``) and prints the JSON; the
+    exit status."""
+    return cli.console_command("pipeline.py", define_flags, _main, argv)
+
+
+def _main(rest: list[str], args: flags.FlagValues) -> int:
+    if rest:
+        raise ValueError(f"unexpected argument {rest[0]!r}; give the folders with --data")
     with tempfile.TemporaryDirectory() as scratch:
         if args.data is not None:
             folders = args.data
@@ -84,12 +96,13 @@ def main() -> None:
         source = data.parse_source(f"folder:{folders}")
         result = {"source": source.spec, "patch": args.patch, "batch": args.batch,
                   "cache_bytes": args.cache_bytes}
-        for threads in (int(t) for t in args.threads.split(",")):
+        for threads in (int(t) for t in args.threads):
             key = f"crops_per_s_{threads}_thread{'s' if threads > 1 else ''}"
             result[key] = round(measure_throughput(source, args.patch, args.batch, args.seconds,
                                                    threads, cache_bytes=args.cache_bytes), 1)
     print(json.dumps(result), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

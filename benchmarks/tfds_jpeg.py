@@ -2,8 +2,8 @@
 """Crops per second of the TFDS training stream on ImageNet-sized JPEGs, before and after.
 
     python benchmarks/tfds_jpeg.py                            # BSD200 from ../shared/data/train
-    python benchmarks/tfds_jpeg.py --data DIR --batches 100 --rounds 3 --threads 1,2 --patches 96,192
-    python benchmarks/tfds_jpeg.py --data_dir DIR    # keep the dataset in DIR, to train on it
+    python benchmarks/tfds_jpeg.py --data=DIR --batches=100 --rounds=3 --threads=1,2 --patches=96,192
+    python benchmarks/tfds_jpeg.py --data_dir=DIR    # keep the dataset in DIR, to train on it
 
 It writes a TFDS dataset (a small `GeneratorBasedBuilder`, real TFRecord files) into a
 temporary folder: every photo under ``--data`` resized to a 500-pixel long side and
@@ -28,7 +28,6 @@ batch 64, HR 192 on an H100, docs/performance.md) from the one-thread rates.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import io
@@ -42,13 +41,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from absl import flags
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from drn_jax import data, image_io  # noqa: E402  (after the path is set)
+from drn_jax import cli, data, image_io  # noqa: E402  (after the path is set)
 from drn_jax.data import crops, tfds_stream  # noqa: E402
 from drn_jax.data.base import derive_key  # noqa: E402
 
@@ -193,6 +193,15 @@ def create_floor(source: str | data.Source, *, patch_size: int, batch_size: int,
     return tfds_stream.TfDataset(dataset.with_options(tfds_stream.stream_options(tf, threads)), None, None)
 
 
+# --variants name -> the stream's constructor (create_train_dataset's signature).
+VARIANTS: dict[str, Callable[..., Any]] = {
+    "before": create_before,
+    "after_k1": functools.partial(data.create_train_dataset, crops_per_image=1),
+    "after_k4": functools.partial(data.create_train_dataset, crops_per_image=4),
+    "floor": create_floor,
+}
+
+
 def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: int,
             threads: int, batches: int) -> tuple[float, float]:
     """(crops per wall second, crops per CPU second of this process) of a running stream.
@@ -213,37 +222,42 @@ def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: 
     return crops_seen / wall, crops_seen / max(cpu, 1e-9)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(TRAIN_PHOTOS), help="folder(s) of photos, comma-separated")
-    parser.add_argument("--batches", type=int, default=100, help="timed batches per cell and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--patches", default="96,192")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--variants", default="before,after_k1,after_k4,floor")
-    parser.add_argument("--chip_rate", type=float, default=4000.0,
-                        help="crops/s one accelerator chip consumes")
-    parser.add_argument("--long_side", type=int, default=500)
-    parser.add_argument("--quality", type=int, default=90)
-    parser.add_argument("--copies", type=int, default=8,
-                        help="records per photo: ImageNet's epochs are long, and tf.data "
-                             "rebuilds each epoch's reading pipeline, which 200-record epochs "
-                             "would weigh far more than ImageNet's 1.28M do")
-    parser.add_argument("--data_dir", default=None,
-                        help="prepare the dataset here and keep it (e.g. to train on it with "
-                             "--config.data.tfds_data_dir); default: a temporary folder")
-    args = parser.parse_args()
+def define_flags(values: flags.FlagValues) -> None:
+    """tfds_jpeg.py's flags, in `values` (a private `flags.FlagValues`)."""
+    flags.DEFINE_list("data", [str(TRAIN_PHOTOS)], "folder(s) of photos", flag_values=values)
+    flags.DEFINE_integer("batches", 100, "timed batches per cell and round", flag_values=values)
+    flags.DEFINE_integer("rounds", 3, "rounds of every cell, interleaved", flag_values=values)
+    flags.DEFINE_list("threads", ["1", "2"], "thread counts", flag_values=values)
+    flags.DEFINE_list("patches", ["96", "192"], "HR crop sides", flag_values=values)
+    flags.DEFINE_integer("batch", 16, "crops per batch", flag_values=values)
+    flags.DEFINE_list("variants", list(VARIANTS), "streams to measure", flag_values=values)
+    flags.DEFINE_float("chip_rate", 4000.0, "crops/s one accelerator chip consumes", flag_values=values)
+    flags.DEFINE_integer("long_side", 500, "the photos' long side, pixels", flag_values=values)
+    flags.DEFINE_integer("quality", 90, "JPEG quality", flag_values=values)
+    flags.DEFINE_integer("copies", 8, "records per photo: ImageNet's epochs are long, and tf.data rebuilds "
+                         "each epoch's reading pipeline, which 200-record epochs would weigh far more than "
+                         "ImageNet's 1.28M do", flag_values=values)
+    flags.DEFINE_string("data_dir", None, "prepare the dataset here and keep it (e.g. to train on it with "
+                        "--config.data.tfds_data_dir); default: a temporary folder", flag_values=values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line `argv` (default: ``sys.argv[1:]``); the exit status."""
+    return cli.console_command("tfds_jpeg.py", define_flags, _main, argv)
+
+
+def _main(rest: list[str], args: flags.FlagValues) -> int:
+    if rest:
+        raise ValueError(f"unexpected argument {rest[0]!r}; give the photo folders with --data")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    photos = [path for folder in args.data.split(",") for path in image_io.list_images(folder)]
+    photos = [path for folder in args.data for path in image_io.list_images(folder)]
     photos = photos * args.copies
-    every = {"before": create_before,
-             "after_k1": functools.partial(data.create_train_dataset, crops_per_image=1),
-             "after_k4": functools.partial(data.create_train_dataset, crops_per_image=4),
-             "floor": create_floor}
-    variants = {name: every[name] for name in args.variants.split(",")}
-    cells = [(threads, patch, name) for threads in map(int, args.threads.split(","))
-             for patch in map(int, args.patches.split(",")) for name in variants]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    variants = {name: VARIANTS[name] for name in args.variants}
+    threads, patches = [int(t) for t in args.threads], [int(p) for p in args.patches]
+    cells = [(t, patch, name) for t in threads for patch in patches for name in variants]
     rates: dict[tuple[int, int, str], list[tuple[float, float]]] = {cell: [] for cell in cells}
     loads = [os.getloadavg()[0]]
     kept = contextlib.nullcontext(args.data_dir) if args.data_dir else tempfile.TemporaryDirectory()
@@ -251,37 +265,44 @@ def main() -> None:
         spec = build_dataset(data_dir, photos, long_side=args.long_side, quality=args.quality)
         source = data.parse_source(spec, tfds_data_dir=data_dir)
         for _ in range(args.rounds):  # every cell once per round: load falls on all alike
-            for threads, patch, name in cells:
-                rates[threads, patch, name].append(
-                    measure(source, variants[name], patch, args.batch, threads, args.batches))
+            for t, patch, name in cells:
+                rates[t, patch, name].append(measure(source, variants[name], patch, args.batch, t, args.batches))
             loads.append(os.getloadavg()[0])
     result: dict[str, Any] = {
-        "dataset": f"{len(photos)} records ({args.copies} per photo) of {args.data}, {args.long_side}-pixel long side, "
-                   f"JPEG quality {args.quality}, as TFDS TFRecords",
+        "dataset": f"{len(photos)} records ({args.copies} per photo) of {','.join(args.data)}, "
+                   f"{args.long_side}-pixel long side, JPEG quality {args.quality}, as TFDS TFRecords",
         "batch": args.batch, "batches": args.batches, "rounds": args.rounds,
         "load_average": [round(load, 1) for load in loads],
         "note": "medians of rounds interleaved in one process. crops_per_cpu_s: crops per CPU "
                 "second of the process, i.e. per fully used core; crops_per_s: per wall second, "
                 "which on a shared CPU (see load_average) shows the share it got, not the "
                 "machine. Compare ratios within this run.",
-        "crops_per_cpu_s": {}, "crops_per_s": {}, "ratio_to_before": {}, "cores_per_chip": {},
+        **summarise(rates, cells, threads, patches, list(variants), args.chip_rate),
     }
-    for threads, patch, name in cells:
-        cell = f"{name}/hr{patch}/{threads}t"
-        result["crops_per_s"][cell] = round(statistics.median(r[0] for r in rates[threads, patch, name]), 1)
-        result["crops_per_cpu_s"][cell] = round(statistics.median(r[1] for r in rates[threads, patch, name]), 1)
-    for threads, patch, name in cells:
-        if name != "before" and "before" in variants:
-            cell = f"{name}/hr{patch}/{threads}t"
-            ratio = result["crops_per_cpu_s"][cell] / result["crops_per_cpu_s"][f"before/hr{patch}/{threads}t"]
-            result["ratio_to_before"][cell] = round(ratio, 2)
-    for patch in map(int, args.patches.split(",")):
-        for name in variants:  # from every thread count's CPU rate: the best use of a core
-            per_core = max(result["crops_per_cpu_s"][f"{name}/hr{patch}/{t}t"]
-                           for t in map(int, args.threads.split(",")))
-            result["cores_per_chip"][f"{name}/hr{patch}"] = round(args.chip_rate / per_core, 2)
     print(json.dumps(result), flush=True)
+    return 0
+
+
+def summarise(rates: dict[tuple[int, int, str], list[tuple[float, float]]], cells: list[tuple[int, int, str]],
+              threads: list[int], patches: list[int], variants: list[str], chip_rate: float) -> dict[str, dict]:
+    """Each cell's median rates (``<variant>/hr<patch>/<threads>t``), its ratio to ``before``,
+    and the host cores per chip of each variant and patch, from its best per-core rate."""
+    result: dict[str, dict] = {"crops_per_cpu_s": {}, "crops_per_s": {}, "ratio_to_before": {}, "cores_per_chip": {}}
+    for t, patch, name in cells:
+        cell = f"{name}/hr{patch}/{t}t"
+        result["crops_per_s"][cell] = round(statistics.median(r[0] for r in rates[t, patch, name]), 1)
+        result["crops_per_cpu_s"][cell] = round(statistics.median(r[1] for r in rates[t, patch, name]), 1)
+    for t, patch, name in cells:
+        if name != "before" and "before" in variants:
+            cell = f"{name}/hr{patch}/{t}t"
+            ratio = result["crops_per_cpu_s"][cell] / result["crops_per_cpu_s"][f"before/hr{patch}/{t}t"]
+            result["ratio_to_before"][cell] = round(ratio, 2)
+    for patch in patches:
+        for name in variants:  # from every thread count's CPU rate: the best use of a core
+            per_core = max(result["crops_per_cpu_s"][f"{name}/hr{patch}/{t}t"] for t in threads)
+            result["cores_per_chip"][f"{name}/hr{patch}"] = round(chip_rate / per_core, 2)
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
