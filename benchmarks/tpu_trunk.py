@@ -2,6 +2,7 @@
 """DRN's residual trunk alone, compiled for one TPU v5e chip ahead of time: what a layout costs.
 
     python benchmarks/tpu_trunk.py --images=4,16 --modules=2 --variants=xla,packed --checkpoint=false,true
+    python benchmarks/tpu_trunk.py --trunk_table=benchmarks/results/tpu_trunk.jsonl
 
 The trunk is ``modules`` residual modules (``x + conv(relu(conv(x)))``, F 64, bfloat16, float32
 parameters) on ``(batch, side, side, 64)`` features, forward and backward, the part of the x4
@@ -41,6 +42,7 @@ _MODULES = flags.DEFINE_integer("modules", 2, "residual modules")
 _VARIANTS = flags.DEFINE_list("variants", ["xla", "packed"], "convolutions: xla, packed")
 _CHECKPOINT = flags.DEFINE_list("checkpoint", ["false"], "jax.checkpoint each module (remat): false, true")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e-4", "a tpu_aot topology; one chip of it is used")
+_TABLE = flags.DEFINE_string("trunk_table", "", "print the Markdown table of this JSON-lines file and exit")
 _RESULT = flags.DEFINE_string("result", str(REPO / "benchmarks" / "results" / "tpu_trunk.jsonl"), "JSON lines")
 
 FEATURES = 64
@@ -160,7 +162,28 @@ def worker() -> int:
     return 0
 
 
+def table(path: str) -> str:
+    """Markdown: each variant against XLA's convolution at the same images per chip and remat."""
+    records = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            records[(r["batch"], r["remat"], r["variant"])] = r  # the latest of each
+    lines = ["| images per chip | remat | convolution | GFLOP | MB per image (cost_analysis) | vs xla "
+             "| HBM MB per image (HLO) | compiler's cycle estimates, M |", "|---|---|---|---|---|---|---|---|"]
+    for (batch, remat, variant), r in sorted(records.items()):
+        base = records.get((batch, False, "xla"))
+        ratio = f"{base['bytes_per_image'] / r['bytes_per_image']:.2f}× fewer" if base else "-"
+        lines.append(f"| {batch} | {str(remat).lower()} | {variant} | {r['flops'] / 1e9:.1f} "
+                     f"| {r['bytes_per_image'] / 1e6:.0f} | {ratio} | {r['hlo_hbm_bytes'] / batch / 1e6:.1f} "
+                     f"| {r['estimated_cycles'] / 1e6:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    if _TABLE.value:
+        print(table(_TABLE.value))
+        return 0
     if os.environ.get("TPU_ACCELERATOR_TYPE") is None:  # the parent: rerun with libtpu's environment
         import subprocess
 
