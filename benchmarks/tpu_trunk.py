@@ -169,11 +169,11 @@ def table(path: str) -> str:
         if line.strip():
             r = json.loads(line)
             records[(r["batch"], r["remat"], r["variant"])] = r  # the latest of each
-    lines = ["| images per chip | remat | convolution | GFLOP | MB per image (cost_analysis) | vs xla "
+    lines = ["| images per chip | remat | convolution | GFLOP | MB per image (cost_analysis) | fewer bytes than xla "
              "| HBM MB per image (HLO) | compiler's cycle estimates, M |", "|---|---|---|---|---|---|---|---|"]
-    for (batch, remat, variant), r in sorted(records.items()):
+    for (batch, remat, variant), r in sorted(records.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] != "xla")):
         base = records.get((batch, False, "xla"))
-        ratio = f"{base['bytes_per_image'] / r['bytes_per_image']:.2f}× fewer" if base else "-"
+        ratio = (f"{base['bytes_per_image'] / r['bytes_per_image']:.2f}×" if base and base is not r else "1 (base)")
         lines.append(f"| {batch} | {str(remat).lower()} | {variant} | {r['flops'] / 1e9:.1f} "
                      f"| {r['bytes_per_image'] / 1e6:.0f} | {ratio} | {r['hlo_hbm_bytes'] / batch / 1e6:.1f} "
                      f"| {r['estimated_cycles'] / 1e6:.2f} |")
