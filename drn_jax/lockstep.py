@@ -163,6 +163,339 @@ def _read_chunk(streams: Sequence[Iterator[dict[str, np.ndarray]]], steps: int
         positions.append(int(batches[-1]["position"].max()) + 1)
     return np.stack(hr), np.stack(transforms).astype(np.int32), positions
 
+def _restore_run(run: LockstepRun, model: models.DRN, optimizer: Any, device: jax.Device
+                 ) -> tuple[checkpointing.Checkpointer, TrainState, int]:
+    """`run`'s checkpointer and its state and data position: initial, or from its latest checkpoint."""
+    checkpointer = checkpointing.Checkpointer(RunDir(run.workdir).checkpoints, keep=run.config.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        checkpointing.check_compatible(RunDir(run.workdir), run.config)
+    state = jax.device_put(create_train_state(run.config, model, optimizer, jax.random.key(run.config.seed)),
+                           device)
+    state, position = checkpointer.restore_or(state)
+    if position is None:
+        raise ValueError(f"{run.name}: its checkpoint was written by several processes; "
+                         "lockstep runs resume only one-process checkpoints")
+    return checkpointer, state, position
+
+
+def _build_settings(runs: Sequence[LockstepRun], seeds: list[int], device: jax.Device, mesh: jax.sharding.Mesh
+                    ) -> tuple[list[_Setting], dict[str, checkpointing.Checkpointer], dict[str, tuple[int, int]]]:
+    """The settings with their initial or restored states stacked, each run's checkpointer, and
+    each run's restored ``(step, data position)``."""
+    groups: dict[str, list[LockstepRun]] = {}
+    for run in runs:
+        groups.setdefault(_setting_key(run.config), []).append(run)
+    settings: list[_Setting] = []
+    checkpointers: dict[str, checkpointing.Checkpointer] = {}
+    restored: dict[str, tuple[int, int]] = {}  # run -> (step, data position)
+    for members in groups.values():
+        if len({run.config.seed for run in members}) != len(members):
+            raise ConfigError(f"{', '.join(r.name for r in members)}: the same config and seed twice")
+        config = members[0].config
+        model, optimizer = create_model(config), create_optimizer(config)
+        states = []
+        for run in members:
+            checkpointers[run.name], state, position = _restore_run(run, model, optimizer, device)
+            restored[run.name] = (int(state.step), position)
+            states.append(state)
+        settings.append(_Setting(members, tuple(seeds.index(run.config.seed) for run in members), model,
+                                 training.make_train_step(config, model, optimizer, mesh), _stack(states)))
+    return settings, checkpointers, restored
+
+
+def _common_start(runs: Sequence[LockstepRun], restored: dict[str, tuple[int, int]]) -> tuple[int, dict[int, int]]:
+    """The step every run resumes from and each seed's data position; both must agree across runs."""
+    start_steps = {step for step, _ in restored.values()}
+    if len(start_steps) != 1:
+        raise ValueError("the runs' latest checkpoints are at different steps ("
+                         + ", ".join(f"{name} {step}" for name, (step, _) in restored.items())
+                         + "); lockstep runs resume together: remove the odd ones' folders")
+    positions: dict[int, int] = {}
+    for run in runs:
+        position = positions.setdefault(run.config.seed, restored[run.name][1])
+        if position != restored[run.name][1]:
+            raise ValueError(f"{run.name}: its data position {restored[run.name][1]} differs from another "
+                             f"run of seed {run.config.seed} at {position}; remove the odd folders")
+    return start_steps.pop(), positions
+
+
+@dataclasses.dataclass
+class _Batch:
+    """What the parts of one `train_in_lockstep` call share."""
+
+    runs: Sequence[LockstepRun]
+    first: ml_collections.ConfigDict  # the first run's config: the shared fields come from it
+    seeds: list[int]  # sorted: the seed axis of the crops
+    device: jax.Device
+    settings: list[_Setting]
+    checkpointers: dict[str, checkpointing.Checkpointer]
+    start_step: int
+    positions: dict[int, int]  # seed -> data position of its stream's next crop
+    start_time: float
+
+    def save(self, step: int) -> None:
+        """Checkpoints every run at `step` with its seed's data position."""
+        for setting in self.settings:
+            for index, run in enumerate(setting.runs):
+                self.checkpointers[run.name].save(step, _member(setting.states, index),
+                                                  [self.positions[run.config.seed]])
+
+
+class _RunFiles:
+    """Each run's log.txt (its own console lines, what train_and_evaluate prints) and its writer."""
+
+    def __init__(self, runs: Sequence[LockstepRun]):
+        for run in runs:
+            run.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs = {run.name: open(RunDir(run.workdir).path / "log.txt", "a", buffering=1) for run in runs}
+        self.writers = {run.name: reporting.RunWriter(RunDir(run.workdir), run.config,
+                                                      echo=lambda line, log=self.logs[run.name]: log.write(line + "\n"))
+                        for run in runs}
+
+    def close(self, name: str) -> None:
+        self.writers[name].close()
+        self.logs[name].close()
+
+    def close_all(self) -> None:
+        for name in self.writers:
+            self.close(name)
+
+
+def _open_streams(batch: _Batch, train_source: Any, writers: dict[str, reporting.RunWriter]
+                  ) -> list[Iterator[dict[str, np.ndarray]]]:
+    """One training stream per seed, from its data position; each run's log names its source."""
+    first = batch.first
+    datasets = {seed: data.create_train_dataset(
+        train_source, patch_size=first.data.hr_patch_size, batch_size=first.batch_size, seed=seed,
+        shuffle_buffer=first.data.shuffle_buffer, start_position=batch.positions[seed], process_index=0,
+        process_count=1, crops_per_image=first.data.crops_per_image) for seed in batch.seeds}
+    for run in batch.runs:
+        if batch.start_step:
+            writers[run.name].log_text(f"resumed from step {batch.start_step} "
+                                       f"(data position {batch.positions[run.config.seed]})")
+        writers[run.name].log_text(datasets[run.config.seed].source_info.summary())
+    return [datasets[seed].as_numpy_iterator() for seed in batch.seeds]
+
+
+def _compile_programs(batch: _Batch, chunk: int, print_fn: Callable[[str], None]) -> None:
+    """Compiles every setting's program at once (XLA compiles outside the GIL) and says so."""
+    first, settings = batch.first, batch.settings
+    patch = first.data.hr_patch_size
+    shapes = (jax.ShapeDtypeStruct((len(batch.seeds), chunk, first.batch_size, patch, patch, 3), jnp.uint8),
+              jax.ShapeDtypeStruct((len(batch.seeds), chunk, first.batch_size), jnp.int32))
+    compile_start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(settings))) as pool:
+        programs = list(pool.map(lambda s: _make_program(s.step_fn, s.seed_index).lower(s.states, *shapes).compile(),
+                                 settings))
+    for setting, program in zip(settings, programs):
+        setting.program = program
+    print_fn(f"{len(batch.runs)} runs in {len(settings)} settings, {len(batch.seeds)} seeds; {chunk} "
+             f"step{'s' * (chunk != 1)} per compiled chunk; compiled in {time.perf_counter() - compile_start:.1f} s")
+
+
+class _Validation:
+    """Validation on the host, one thread per run (its validator is not shared), off the loop."""
+
+    def __init__(self, batch: _Batch, val_images: Any, writers: dict[str, reporting.RunWriter]):
+        self.settings, self.writers = batch.settings, writers
+        self.executors = {run.name: concurrent.futures.ThreadPoolExecutor(1) for run in batch.runs}
+        self.validators: dict[str, concurrent.futures.Future] = {}
+        for setting in self.settings:
+            for run in setting.runs:
+                self.validators[run.name] = self.executors[run.name].submit(
+                    evaluation.make_validator, run.config, setting.model, val_images)
+        self.pending: list[tuple[str, int, concurrent.futures.Future]] = []
+        self.last_scores: dict[str, dict[str, float]] = {}
+
+    def submit(self, step: int) -> None:
+        """Starts validating every run's current parameters as those of `step`."""
+        for setting in self.settings:
+            params = jax.device_get(eval_params(setting.states))
+            for index, run in enumerate(setting.runs):
+                member = _member(params, index)
+                self.pending.append((run.name, step, self.executors[run.name].submit(
+                    lambda name=run.name, member=member: self.validators[name].result()(member))))
+
+    def log(self, wait: bool) -> None:
+        """Writes the finished validations in order; with `wait`, all of them."""
+        while self.pending and (wait or self.pending[0][2].done()):
+            name, step, future = self.pending.pop(0)
+            scores, strip = future.result()
+            self.writers[name].log_eval(step, scores, strip)
+            self.last_scores[name] = scores
+
+    def shutdown(self) -> None:
+        for executor in self.executors.values():
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_finite(settings: list[_Setting], fetched: list[dict[str, np.ndarray]], end: int, chunk: int) -> None:
+    """Raises `NonFiniteLossError` on the first non-finite metric of the chunk ending at `end`."""
+    for setting, values in zip(settings, fetched):
+        for name, value in values.items():
+            bad = ~np.isfinite(value)
+            if bad.any():
+                k, index = map(int, np.argwhere(bad)[0])
+                raise NonFiniteLossError(f"{setting.runs[index].name}: step {end - chunk + k + 1}: "
+                                         f"non-finite {name} ({value[k, index]}); lower learning_rate")
+
+
+class _Progress:
+    """Checks each chunk's metrics, writes the log steps' lines, and measures the steady speed
+    (from the end of the first chunk, less the pauses to checkpoint and start validations)."""
+
+    def __init__(self, batch: _Batch, chunk: int, writers: dict[str, reporting.RunWriter]):
+        self.batch, self.chunk, self.writers = batch, chunk, writers
+        self.checked_step = batch.start_step
+        self.window_step, self.window_start = batch.start_step, time.perf_counter()
+        self.steady_step: int | None = None
+        self.steady_start: float | None = None
+        self.paused = 0.0
+        self.data_wait = 0.0  # host seconds spent reading crops in the current log window
+
+    def check(self, item: tuple[int, list[Any]] | None) -> None:
+        """Waits for a chunk's metrics; stops on a non-finite one; logs its log steps."""
+        if item is None:
+            return
+        end, metrics = item
+        fetched = jax.device_get(metrics)
+        now = time.perf_counter()
+        _check_finite(self.batch.settings, fetched, end, self.chunk)
+        self.checked_step = end
+        if self.steady_step is None:  # throughput counts from the end of the first chunk
+            self.steady_step, self.steady_start = end, now
+        self._log_steps(end, fetched, now)
+
+    def _log_steps(self, end: int, fetched: list[dict[str, np.ndarray]], now: float) -> None:
+        first = self.batch.first
+        total_steps, batch_size = first.num_train_steps, first.batch_size
+        for k in range(self.chunk):
+            at = end - self.chunk + k + 1
+            if at % first.log_every_steps and at != total_steps:
+                continue
+            rate = (at - self.window_step) * batch_size / max(now - self.window_start, 1e-9)
+            eta = reporting.format_duration((total_steps - at) * batch_size / rate)
+            for setting, values in zip(self.batch.settings, fetched):
+                for index, run in enumerate(setting.runs):
+                    logged = {name: float(value[k, index]) for name, value in values.items()}
+                    logged["data_wait_ms"] = 1000.0 * self.data_wait / max(at - self.window_step, 1)
+                    self.writers[run.name].log_train(at, total_steps, logged, rate, eta)
+            self.window_step, self.window_start, self.data_wait = at, now, 0.0
+
+    def resume_after(self, paused_from: float) -> None:
+        """Ends a pause begun at `paused_from`: it counts neither in the speed nor the log window."""
+        self.window_step, self.window_start = self.checked_step, time.perf_counter()
+        self.paused += self.window_start - paused_from
+
+    def over_budget(self, step: int, deadline: float | None) -> str | None:
+        """Why to stop at `step`: the steady speed so far says the rest would end past the deadline."""
+        total_steps = self.batch.first.num_train_steps
+        if (deadline is None or self.steady_step is None or self.checked_step <= self.steady_step
+                or step >= total_steps):
+            return None
+        seconds_per_step = ((time.perf_counter() - self.steady_start - self.paused)
+                            / (self.checked_step - self.steady_step))
+        left = (total_steps - step) * seconds_per_step
+        if time.monotonic() + left <= deadline:
+            return None
+        return (f"at {1 / seconds_per_step:.2f} steps/s ({len(self.batch.runs)} runs), the {total_steps - step} "
+                f"steps left need {reporting.format_duration(left)}, past the deadline")
+
+    def steady_speed(self) -> tuple[float, int]:
+        """(seconds of steady training, crops per run trained in them)."""
+        if self.steady_step is None:
+            return 0.0, 0
+        return (time.perf_counter() - self.steady_start - self.paused,
+                (self.checked_step - self.steady_step) * self.batch.first.batch_size)
+
+
+def _checkpoint_and_evaluate(batch: _Batch, step: int, checkpoint_now: bool, evaluate_now: bool,
+                             progress: _Progress, validation: _Validation, print_fn: Callable[[str], None]) -> None:
+    """At a checkpoint or evaluation step (metrics checked): saves, starts validations, prints losses."""
+    paused_from = time.perf_counter()
+    if checkpoint_now:
+        batch.save(step)
+    if evaluate_now:
+        validation.submit(step)
+        losses = ", ".join(f"{run.name} {float(total):.4f}" for setting in batch.settings
+                           for run, total in zip(setting.runs, setting.metrics["total"][-1]))
+        print_fn(f"step {step}/{batch.first.num_train_steps} | "
+                 f"{reporting.format_duration(time.perf_counter() - batch.start_time)} | loss {losses}")
+    progress.resume_after(paused_from)
+
+
+def _run_chunk(batch: _Batch, next_chunk: tuple[np.ndarray, np.ndarray, list[int]]) -> list[Any]:
+    """Dispatches one chunk of every setting's program; returns their (not yet fetched) metrics."""
+    hr, transforms, next_positions = next_chunk
+    hr, transforms = jax.device_put(hr, batch.device), jax.device_put(transforms, batch.device)
+    for setting in batch.settings:
+        setting.states, setting.metrics = setting.program(setting.states, hr, transforms)
+    batch.positions.update(zip(batch.seeds, next_positions))
+    return [setting.metrics for setting in batch.settings]
+
+
+def _train(batch: _Batch, streams: list[Iterator[dict[str, np.ndarray]]], chunk: int, progress: _Progress,
+           validation: _Validation, deadline: float | None, print_fn: Callable[[str], None]) -> int:
+    """Steps every setting chunk by chunk to the last step (or `OverBudgetError`); returns the step."""
+    first = batch.first
+    total_steps = first.num_train_steps
+    step = batch.start_step
+    pending: tuple[int, list[Any]] | None = None
+    next_chunk = _read_chunk(streams, chunk) if step < total_steps else None
+    while step < total_steps:
+        metrics = _run_chunk(batch, next_chunk)
+        step += chunk
+        current = (step, metrics)
+        if step < total_steps:  # the host reads the next crops while the device computes
+            read_start = time.perf_counter()
+            next_chunk = _read_chunk(streams, chunk)
+            progress.data_wait += time.perf_counter() - read_start
+        progress.check(pending)  # the chunk before: its metrics are ready, or nearly
+        pending = current
+        validation.log(wait=False)
+        checkpoint_now = step % first.checkpoint_every_steps == 0
+        evaluate_now = step % first.eval_every_steps == 0
+        if checkpoint_now or evaluate_now:
+            progress.check(pending)  # never save or evaluate a state whose metrics are unchecked
+            pending = None
+            _checkpoint_and_evaluate(batch, step, checkpoint_now, evaluate_now, progress, validation, print_fn)
+        reason = progress.over_budget(step, deadline)
+        if reason:  # stop now, resumable, rather than be cut off half-way
+            progress.check(pending)
+            pending = None
+            if not checkpoint_now:
+                batch.save(step)
+            validation.log(wait=True)
+            raise OverBudgetError(f"{reason}: stopped at step {step}, checkpoints kept; "
+                                  "rerun with more time to resume")
+    progress.check(pending)
+    if step > batch.start_step and step % first.checkpoint_every_steps:
+        batch.save(step)
+    return step
+
+
+def _write_summaries(batch: _Batch, step: int, chunk: int, last_scores: dict[str, dict[str, float]],
+                     files: _RunFiles, train_seconds: float, steady_crops: int) -> dict[str, dict[str, Any]]:
+    """Writes each run's summary.json and closes its files; returns ``{run name: summary}``."""
+    summaries = {}
+    for setting in batch.settings:
+        for index, run in enumerate(setting.runs):
+            summary = {
+                "step": step,
+                **{f"val_{name}": value for name, value in last_scores.get(run.name, {}).items()},
+                "images_per_second": steady_crops / train_seconds if steady_crops else None,
+                "train_seconds": train_seconds,
+                "wall_seconds": time.perf_counter() - batch.start_time,
+                "num_devices": 1,
+                "num_processes": 1,
+                "parameters": models.count_params(_member(setting.states.params, index)),
+                "lockstep": {"runs": len(batch.runs), "settings": len(batch.settings), "chunk_steps": chunk},
+            }
+            files.writers[run.name].write_summary(summary)
+            files.close(run.name)
+            summaries[run.name] = summary
+    return summaries
+
 
 def train_in_lockstep(runs: Sequence[LockstepRun], *, deadline: float | None = None,
                       print_fn: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
@@ -189,7 +522,6 @@ def train_in_lockstep(runs: Sequence[LockstepRun], *, deadline: float | None = N
     start_time = time.perf_counter()
     _check_runs(runs)
     first = runs[0].config
-    total_steps, batch_size = first.num_train_steps, first.batch_size
     seeds = sorted({run.config.seed for run in runs})
     device = jax.local_devices()[0]
     mesh = training.make_mesh([device])
@@ -200,236 +532,29 @@ def train_in_lockstep(runs: Sequence[LockstepRun], *, deadline: float | None = N
     if not val_images:
         raise ConfigError(f"data.val={first.data.val!r} holds no readable images")
 
-    # Settings, their initial or restored states, and each run's writer and checkpointer.
-    groups: dict[str, list[LockstepRun]] = {}
-    for run in runs:
-        groups.setdefault(_setting_key(run.config), []).append(run)
-    settings: list[_Setting] = []
-    checkpointers: dict[str, checkpointing.Checkpointer] = {}
-    restored: dict[str, tuple[int, int]] = {}  # run -> (step, data position)
-    for members in groups.values():
-        if len({run.config.seed for run in members}) != len(members):
-            raise ConfigError(f"{', '.join(r.name for r in members)}: the same config and seed twice")
-        config = members[0].config
-        model, optimizer = create_model(config), create_optimizer(config)
-        states = []
-        for run in members:
-            checkpointer = checkpointing.Checkpointer(RunDir(run.workdir).checkpoints, keep=run.config.keep_checkpoints)
-            checkpointers[run.name] = checkpointer
-            if checkpointer.latest_step() is not None:
-                checkpointing.check_compatible(RunDir(run.workdir), run.config)
-            state = jax.device_put(create_train_state(run.config, model, optimizer, jax.random.key(run.config.seed)),
-                                   device)
-            state, position = checkpointer.restore_or(state)
-            if position is None:
-                raise ValueError(f"{run.name}: its checkpoint was written by several processes; "
-                                 "lockstep runs resume only one-process checkpoints")
-            restored[run.name] = (int(state.step), position)
-            states.append(state)
-        settings.append(_Setting(members, tuple(seeds.index(run.config.seed) for run in members), model,
-                                 training.make_train_step(config, model, optimizer, mesh), _stack(states)))
-    start_steps = {step for step, _ in restored.values()}
-    if len(start_steps) != 1:
-        raise ValueError("the runs' latest checkpoints are at different steps ("
-                         + ", ".join(f"{name} {step}" for name, (step, _) in restored.items())
-                         + "); lockstep runs resume together: remove the odd ones' folders")
-    start_step = start_steps.pop()
-    positions = {}
-    for run in runs:
-        position = positions.setdefault(run.config.seed, restored[run.name][1])
-        if position != restored[run.name][1]:
-            raise ValueError(f"{run.name}: its data position {restored[run.name][1]} differs from another "
-                             f"run of seed {run.config.seed} at {position}; remove the odd folders")
-
-    # Each run's own console lines (what train_and_evaluate prints) go to its log.txt.
-    for run in runs:
-        run.workdir.mkdir(parents=True, exist_ok=True)
-    logs = {run.name: open(RunDir(run.workdir).path / "log.txt", "a", buffering=1) for run in runs}
-    writers = {run.name: reporting.RunWriter(RunDir(run.workdir), run.config,
-                                             echo=lambda line, log=logs[run.name]: log.write(line + "\n"))
-               for run in runs}
-
-    datasets = {seed: data.create_train_dataset(
-        train_source, patch_size=first.data.hr_patch_size, batch_size=batch_size, seed=seed,
-        shuffle_buffer=first.data.shuffle_buffer, start_position=positions[seed], process_index=0,
-        process_count=1, crops_per_image=first.data.crops_per_image) for seed in seeds}
-    for run in runs:
-        if start_step:
-            writers[run.name].log_text(f"resumed from step {start_step} (data position {positions[run.config.seed]})")
-        writers[run.name].log_text(datasets[run.config.seed].source_info.summary())
-    streams = [datasets[seed].as_numpy_iterator() for seed in seeds]
+    settings, checkpointers, restored = _build_settings(runs, seeds, device, mesh)
+    start_step, positions = _common_start(runs, restored)
+    batch = _Batch(runs, first, seeds, device, settings, checkpointers, start_step, positions, start_time)
+    files = _RunFiles(runs)
+    streams = _open_streams(batch, train_source, files.writers)
     chunk = chunk_steps(first, start_step, len(seeds))
-
-    # Compile every setting's program at once: XLA compiles outside the GIL.
-    shapes = (jax.ShapeDtypeStruct((len(seeds), chunk, batch_size, first.data.hr_patch_size,
-                                    first.data.hr_patch_size, 3), jnp.uint8),
-              jax.ShapeDtypeStruct((len(seeds), chunk, batch_size), jnp.int32))
-    compile_start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(settings))) as pool:
-        programs = list(pool.map(lambda s: _make_program(s.step_fn, s.seed_index).lower(s.states, *shapes).compile(),
-                                 settings))
-    for setting, program in zip(settings, programs):
-        setting.program = program
-    print_fn(f"{len(runs)} runs in {len(settings)} settings, {len(seeds)} seeds; {chunk} step{'s' * (chunk != 1)} "
-             f"per compiled chunk; compiled in {time.perf_counter() - compile_start:.1f} s")
-
-    # Validation on the host, one thread per run (its validator is not shared), off the loop.
-    validators: dict[str, concurrent.futures.Future] = {}
-    executors = {run.name: concurrent.futures.ThreadPoolExecutor(1) for run in runs}
-    for setting in settings:
-        for run in setting.runs:
-            validators[run.name] = executors[run.name].submit(evaluation.make_validator, run.config,
-                                                              setting.model, val_images)
-    pending_evals: list[tuple[str, int, concurrent.futures.Future]] = []
-    last_scores: dict[str, dict[str, float]] = {}
-
-    def validate_later(step: int) -> None:
-        for setting in settings:
-            params = jax.device_get(eval_params(setting.states))
-            for index, run in enumerate(setting.runs):
-                member = _member(params, index)
-                pending_evals.append((run.name, step, executors[run.name].submit(
-                    lambda name=run.name, member=member: validators[name].result()(member))))
-
-    def log_evaluations(wait: bool) -> None:
-        while pending_evals and (wait or pending_evals[0][2].done()):
-            name, step, future = pending_evals.pop(0)
-            scores, strip = future.result()
-            writers[name].log_eval(step, scores, strip)
-            last_scores[name] = scores
-
-    def save(step: int) -> None:
-        for setting in settings:
-            for index, run in enumerate(setting.runs):
-                checkpointers[run.name].save(step, _member(setting.states, index), [positions[run.config.seed]])
-
-    step, checked_step = start_step, start_step
-    pending: tuple[int, list[Any]] | None = None
-    window_step, window_start = start_step, time.perf_counter()
-    steady_step, steady_start, paused = None, None, 0.0
-    data_wait = 0.0
-
-    def check(item: tuple[int, list[Any]] | None) -> None:
-        """Waits for a chunk's metrics; stops on a non-finite one; logs its log steps."""
-        nonlocal checked_step, window_step, window_start, steady_step, steady_start, data_wait
-        if item is None:
-            return
-        end, metrics = item
-        fetched = jax.device_get(metrics)
-        now = time.perf_counter()
-        for setting, values in zip(settings, fetched):
-            for name, value in values.items():
-                bad = ~np.isfinite(value)
-                if bad.any():
-                    k, index = map(int, np.argwhere(bad)[0])
-                    raise NonFiniteLossError(f"{setting.runs[index].name}: step {end - chunk + k + 1}: "
-                                             f"non-finite {name} ({value[k, index]}); lower learning_rate")
-        checked_step = end
-        if steady_step is None:  # throughput counts from the end of the first chunk
-            steady_step, steady_start = end, now
-        for k in range(chunk):
-            at = end - chunk + k + 1
-            if at % first.log_every_steps and at != total_steps:
-                continue
-            rate = (at - window_step) * batch_size / max(now - window_start, 1e-9)
-            eta = reporting.format_duration((total_steps - at) * batch_size / rate)
-            for setting, values in zip(settings, fetched):
-                for index, run in enumerate(setting.runs):
-                    logged = {name: float(value[k, index]) for name, value in values.items()}
-                    logged["data_wait_ms"] = 1000.0 * data_wait / max(at - window_step, 1)
-                    writers[run.name].log_train(at, total_steps, logged, rate, eta)
-            window_step, window_start, data_wait = at, now, 0.0
-
-    def over_budget() -> str | None:
-        """Why to stop at `step`: the steady speed so far says the rest would end past the deadline."""
-        if deadline is None or steady_step is None or checked_step <= steady_step or step >= total_steps:
-            return None
-        seconds_per_step = (time.perf_counter() - steady_start - paused) / (checked_step - steady_step)
-        left = (total_steps - step) * seconds_per_step
-        if time.monotonic() + left <= deadline:
-            return None
-        return (f"at {1 / seconds_per_step:.2f} steps/s ({len(runs)} runs), the {total_steps - step} "
-                f"steps left need {reporting.format_duration(left)}, past the deadline")
+    _compile_programs(batch, chunk, print_fn)
+    validation = _Validation(batch, val_images, files.writers)
+    progress = _Progress(batch, chunk, files.writers)
 
     try:
         try:
-            next_chunk = _read_chunk(streams, chunk) if step < total_steps else None
-            while step < total_steps:
-                hr, transforms, next_positions = next_chunk
-                hr, transforms = jax.device_put(hr, device), jax.device_put(transforms, device)
-                for setting in settings:
-                    setting.states, setting.metrics = setting.program(setting.states, hr, transforms)
-                step += chunk
-                positions.update(zip(seeds, next_positions))
-                current = (step, [setting.metrics for setting in settings])
-                if step < total_steps:  # the host reads the next crops while the device computes
-                    read_start = time.perf_counter()
-                    next_chunk = _read_chunk(streams, chunk)
-                    data_wait += time.perf_counter() - read_start
-                check(pending)  # the chunk before: its metrics are ready, or nearly
-                pending = current
-                log_evaluations(wait=False)
-                checkpoint_now = step % first.checkpoint_every_steps == 0
-                evaluate_now = step % first.eval_every_steps == 0
-                if checkpoint_now or evaluate_now:
-                    check(pending)  # never save or evaluate a state whose metrics are unchecked
-                    pending = None
-                    paused_from = time.perf_counter()
-                    if checkpoint_now:
-                        save(step)
-                    if evaluate_now:
-                        validate_later(step)
-                        losses = ", ".join(f"{run.name} {float(total):.4f}" for setting in settings
-                                           for run, total in zip(setting.runs, setting.metrics["total"][-1]))
-                        print_fn(f"step {step}/{total_steps} | {reporting.format_duration(time.perf_counter() - start_time)}"
-                                 f" | loss {losses}")
-                    window_step, window_start = checked_step, time.perf_counter()
-                    paused += window_start - paused_from
-                reason = over_budget()
-                if reason:  # stop now, resumable, rather than be cut off half-way
-                    check(pending)
-                    pending = None
-                    if not checkpoint_now:
-                        save(step)
-                    log_evaluations(wait=True)
-                    raise OverBudgetError(f"{reason}: stopped at step {step}, checkpoints kept; "
-                                          "rerun with more time to resume")
-            check(pending)
-            if step > start_step and step % first.checkpoint_every_steps:
-                save(step)
+            step = _train(batch, streams, chunk, progress, validation, deadline, print_fn)
         finally:
             for checkpointer in checkpointers.values():
                 checkpointer.close()
-        train_seconds = (time.perf_counter() - steady_start - paused) if steady_start is not None else 0.0
-        steady_crops = (checked_step - steady_step) * batch_size if steady_step is not None else 0
+        train_seconds, steady_crops = progress.steady_speed()
         if step % first.eval_every_steps or step == start_step:
-            validate_later(step)
-        log_evaluations(wait=True)
+            validation.submit(step)
+        validation.log(wait=True)
     except BaseException:
-        for name in writers:
-            writers[name].close()
-            logs[name].close()
+        files.close_all()
         raise
     finally:
-        for executor in executors.values():
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    summaries = {}
-    for setting in settings:
-        for index, run in enumerate(setting.runs):
-            summary = {
-                "step": step,
-                **{f"val_{name}": value for name, value in last_scores.get(run.name, {}).items()},
-                "images_per_second": steady_crops / train_seconds if steady_crops else None,
-                "train_seconds": train_seconds,
-                "wall_seconds": time.perf_counter() - start_time,
-                "num_devices": 1,
-                "num_processes": 1,
-                "parameters": models.count_params(_member(setting.states.params, index)),
-                "lockstep": {"runs": len(runs), "settings": len(settings), "chunk_steps": chunk},
-            }
-            writers[run.name].write_summary(summary)
-            writers[run.name].close()
-            logs[run.name].close()
-            summaries[run.name] = summary
-    return summaries
+        validation.shutdown()
+    return _write_summaries(batch, step, chunk, validation.last_scores, files, train_seconds, steady_crops)
