@@ -89,10 +89,20 @@ class Topology:
     chip: str
     chips: int
     hosts: int
+    # libtpu describes a v4 slice by TensorCores, two per chip (JAX's megacore mode, one device
+    # per chip, is not what a deviceless topology gives): each device has half a chip.
+    devices_per_chip: int = 1
+
+
+def device_chip(chip: str, devices_per_chip: int = 1) -> Chip:
+    """The figures of one device: the chip's, divided among its devices."""
+    c = CHIPS[chip]
+    return Chip(c.name, c.bf16_flops / devices_per_chip, c.hbm_bandwidth / devices_per_chip,
+                c.hbm_bytes // devices_per_chip)
 
 
 TOPOLOGIES = {t.name: t for t in (
-    Topology("v4-8", "v4:2x2x1", "v4-8", "v4", 4, 1),
+    Topology("v4-8", "v4:2x2x1", "v4-8", "v4", 4, 1, devices_per_chip=2),
     Topology("v5e-4", "v5e:2x2", "v5litepod-4", "v5e", 4, 1),
     Topology("v5e-8", "v5e:2x4", "v5litepod-8", "v5e", 8, 1),
     Topology("v5e-16", "v5e:4x4", "v5litepod-16", "v5e", 16, 4),
@@ -345,12 +355,12 @@ class Worker:
         from jax.experimental import topologies
 
         self.topology = topology
-        self.chip = CHIPS[topology.chip]
+        self.chip = device_chip(topology.chip, topology.devices_per_chip)
         self.desc = topologies.get_topology_desc(topology_name=topology.topology, platform="tpu")
         self.devices = list(self.desc.devices)
-        if len(self.devices) != topology.chips:
-            raise RuntimeError(f"{topology.name}: {len(self.devices)} devices, expected {topology.chips}")
-        self.mesh_of = lambda n: topologies.make_mesh(self.desc, (n,), ("data",))
+        if len(self.devices) != topology.chips * topology.devices_per_chip:
+            raise RuntimeError(f"{topology.name}: {len(self.devices)} devices, expected "
+                               f"{topology.chips * topology.devices_per_chip}")
         self.platform = self.devices[0].platform
         self.device_kind = self.devices[0].device_kind
         self.jax = jax
@@ -360,6 +370,7 @@ class Worker:
     def emit(self, record: dict) -> None:
         record = {"topology": self.topology.name, "chip": self.chip.name, "device_kind": self.device_kind,
                   "chips": self.topology.chips, "hosts": self.topology.hosts, "jax": self.jax.__version__,
+                  "devices_per_chip": self.topology.devices_per_chip,
                   **record}
         line = json.dumps(record)
         with open(self.out, "a") as handle:
@@ -417,7 +428,7 @@ class Worker:
             model = model_factory.create_model(config, platform=self.platform)
             base["conv"] = model.conv
             optimizer = create_optimizer(config)
-            mesh = self.mesh_of(n)
+            mesh = training.make_mesh(self.devices)  # train.py's mesh, of the slice's devices
             abstract = jax.eval_shape(lambda key: create_train_state(config, model, optimizer, key),
                                       jax.random.key(config.seed))
             replicated = NamedSharding(mesh, PartitionSpec())
@@ -578,7 +589,7 @@ def reanalyse(path: str, folder: str) -> int:
         if record.get("compiled") and hlo is not None and hlo.exists():
             record.update(analyse_text(hlo.read_text()))
             images = record.get("per_chip_batch") or 1
-            roofline(record, CHIPS[record["chip"]], images)
+            roofline(record, device_chip(record["chip"], record.get("devices_per_chip", 1)), images)
             updated += 1
         lines.append(json.dumps(record))
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
@@ -634,14 +645,16 @@ def table(path: str) -> str:
     if rates and fed:
         lines += ["", f"Host cores per chip for tfds: JPEG crops at HR {_CROP_HR.value} "
                   f"(crops per CPU second: {', '.join(f'K {k} {v}' for k, v in rates.items())})", "",
-                  "| config | slice | images per chip | predicted img/s per chip: cost / HBM roofline "
+                  "| config | slice | remat | images per chip | predicted img/s per chip: cost / HBM roofline "
                   + "".join(f"| cores, K {k} " for k in rates) + "|",
-                  "|---|---|---|---|" + "---|" * len(rates)]
+                  "|---|---|---|---|---|" + "---|" * len(rates)]
         for r in fed:
-            cost, hbm = r["images_per_s_per_chip"], r.get("images_per_s_per_chip_hbm")
+            per = r.get("devices_per_chip", 1)
+            cost, hbm = r["images_per_s_per_chip"] * per, r.get("images_per_s_per_chip_hbm", 0) * per or None
             cells = [f"{cost / float(v):.2f} / {hbm / float(v):.2f}" if hbm else f"{cost / float(v):.2f}"
                      for v in rates.values()]
-            lines.append(f"| {r['config']} | {r['topology']} | {r['per_chip_batch']} | {_pair(cost, hbm, '.0f')} | "
+            lines.append(f"| {r['config']} | {r['topology']} | {str(r['remat']).lower()} | {r['per_chip_batch'] * per} "
+                         f"| {_pair(cost, hbm, '.0f')} | "
                          + " | ".join(cells) + " |")
     lines += ["", "Inference programs, one call per chip", "",
               "| program | config | chip / slice | LR side × batch | dtype | conv | memory total, GiB (HBM) "
@@ -702,14 +715,18 @@ def _compiled_cells(r: dict) -> list[str]:
                1000 * r["roofline_hbm_s"] if r.get("roofline_hbm_s") else None, ".2f")
     bound = r.get("bound", "-")
     if r.get("roofline_hbm_s"):
-        bound += " / " + ("memory" if r["roofline_hbm_s"] > r["flops"] / CHIPS[r["chip"]].bf16_flops else "compute")
+        peak = device_chip(r["chip"], r.get("devices_per_chip", 1)).bf16_flops
+        bound += " / " + ("memory" if r["roofline_hbm_s"] > r["flops"] / peak else "compute")
     share = _pair(100 * r["peak_share"] if r.get("peak_share") else None,
                   100 * r["peak_share_hbm"] if r.get("peak_share_hbm") else None, ".1f")
     return [memory, flop, moved, bound, ms, share]
 
 
 def _train_row(r: dict) -> str:
-    head = [r["config"], r["topology"], f"{r['global_batch']} ({r['per_chip_batch']})", str(r["remat"]).lower()]
+    per = r.get("devices_per_chip", 1)
+    slice_name = r["topology"] + (f" ({r['chips'] * per} cores)" if per > 1 else "")
+    head = [r["config"], slice_name, f"{r['global_batch']} ({r['per_chip_batch']}{' per core' if per > 1 else ''})",
+            str(r["remat"]).lower()]
     if not r.get("compiled"):
         return "| " + " | ".join(head + [f"not compiled: {r.get('error', '?')[:200]}"] + ["-"] * 8) + " |"
     memory, flop, moved, bound, ms, share = _compiled_cells(r)
@@ -719,7 +736,8 @@ def _train_row(r: dict) -> str:
                            for c in grads) or "none"
     if others:
         collective += " + " + "; ".join(f"{c['count']}× {c['kind']} {c['bytes']:.0f} B" for c in others)
-    rate = _pair(r.get("images_per_s_per_chip"), r.get("images_per_s_per_chip_hbm"), ".0f")
+    # Per device; a chip of several devices (v4's two cores) runs that many.
+    rate = _pair(r["images_per_s_per_chip"] * per, r["images_per_s_per_chip_hbm"] * per if r.get("images_per_s_per_chip_hbm") else None, ".0f")
     return "| " + " | ".join(head + [memory, flop, moved, bound, ms, rate, share + "%", collective,
                                      str(r["winograd_ops"])]) + " |"
 
