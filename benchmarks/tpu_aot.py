@@ -144,6 +144,8 @@ _CROP_RATES = flags.DEFINE_list("crop_rates", ["1:986", "4:2890"],
                                  "--table: K:crops per CPU second of the tfds: stream (benchmarks/tfds_jpeg.py, "
                                  "docs/performance.md), for the host cores per chip")
 _CROP_HR = flags.DEFINE_integer("crop_hr", 192, "--table: the HR patch those crop rates were measured at")
+_SKIP = flags.DEFINE_bool("skip_compiled", False, "leave out the cells already compiled in --out (a rerun "
+                           "that completes a matrix)")
 _WORKER = flags.DEFINE_string("worker", "", "internal: compile for this topology in this process")
 _TIMEOUT = flags.DEFINE_integer("timeout", 6 * 3600, "seconds per topology process")
 
@@ -368,6 +370,10 @@ class Worker:
         self.out.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, record: dict) -> None:
+        if record.get("skipped"):
+            print(f"{record['program']} {record.get('config')} {record.get('global_batch') or record.get('lr_side')}: "
+                  "compiled before, skipped", flush=True)
+            return
         record = {"topology": self.topology.name, "chip": self.chip.name, "device_kind": self.device_kind,
                   "chips": self.topology.chips, "hosts": self.topology.hosts, "jax": self.jax.__version__,
                   "devices_per_chip": self.topology.devices_per_chip,
@@ -379,8 +385,23 @@ class Worker:
                                             "lr_side", "dtype", "compiled", "compile_s", "error")}
         print(json.dumps(short), flush=True)
 
+    def done_before(self, base: dict) -> dict | None:
+        """With --skip_compiled: the record of this cell already in --out, if it compiled."""
+        if not _SKIP.value or not self.out.exists():
+            return None
+        keys = [k for k in base if k != "conv"]
+        for line in reversed(self.out.read_text().splitlines()):
+            r = json.loads(line) if line.strip() else {}
+            if (r.get("topology") == self.topology.name and r.get("compiled")
+                    and all(r.get(k) == base[k] for k in keys)):
+                return r
+        return None
+
     def compile(self, lowered_fn, base: dict, images: int, analytic: int) -> dict:
         """Lowers and compiles; returns the record (also when the compiler refuses)."""
+        previous = self.done_before(base)
+        if previous is not None:
+            return {**previous, "skipped": True}
         record = base  # the lowering fills in what it learns (the model's conv)
         start = time.perf_counter()
         try:
