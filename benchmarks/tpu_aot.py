@@ -499,7 +499,8 @@ class Worker:
             self.emit(record)
             points.append((guess, record))
         summary = {"program": "train_max", "config": name, "remat": remat, "per_chip_batch": fits,
-                   "first_failing_per_chip_batch": fails, "step": BATCH_STEP}
+                   "first_failing_per_chip_batch": fails, "step": BATCH_STEP,
+                   "largest_compiled": max((b for b, r in points if r.get("compiled")), default=None)}
         self.emit(summary)
 
     def _compiled_before(self, name: str, remat: bool) -> list[tuple[int, dict]]:
@@ -656,7 +657,8 @@ def table(path: str) -> str:
         lines += ["", f"Largest per-chip batch that fits (multiples of {BATCH_STEP})", "",
                   "| config | slice | remat | fits | first that does not |", "|---|---|---|---|---|"]
         lines += [f"| {r['config']} | {r['topology']} | {str(r['remat']).lower()} | {r['per_chip_batch']} "
-                  f"| {r.get('first_failing_per_chip_batch') or 'not searched'} |" for r in limits]
+                  f"| {r.get('first_failing_per_chip_batch') or 'none of the batches compiled failed'} |"
+                  for r in limits]
     if _BREAKDOWN.value:
         for r in train:
             if r.get("compiled") and r.get("bytes_by_layer"):
