@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -58,18 +59,35 @@ def _filtered(raw: np.ndarray, bpp: int, kind: int) -> np.ndarray:
     return (line - predictor) & 255
 
 
+def filter_rows(pixels: np.ndarray, kinds: Sequence[int]) -> bytes:
+    """The PNG scanlines of uint16 ``pixels`` (H, W, C), row y filtered with ``kinds[y]``, from the
+    specification: Filt(x) = Orig(x) - predictor(a = left, b = up, c = up-left), per byte, each row
+    led by its filter type byte. tests/test_png16.py builds its files with it too."""
+    return _scanlines(_candidates(pixels), np.asarray(kinds))
+
+
+def _candidates(pixels: np.ndarray) -> np.ndarray:
+    """(5, H, stride) uint8: every row of ``pixels``' big-endian bytes filtered with each type 0-4."""
+    height, _, channels = pixels.shape
+    raw = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
+    return np.stack([_filtered(raw, 2 * channels, kind) for kind in range(5)]).astype(np.uint8)
+
+
+def _scanlines(candidates: np.ndarray, kinds: np.ndarray) -> bytes:
+    rows = candidates[kinds, np.arange(candidates.shape[1])]
+    return np.concatenate([kinds.astype(np.uint8)[:, None], rows], axis=1).tobytes()
+
+
 def png_bytes(pixels: np.ndarray, filters: str) -> bytes:
     """A 16-bit RGB PNG of ``pixels`` with the rows filtered as ``filters`` says (none|paeth|adaptive)."""
     height, width, channels = pixels.shape
-    raw = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
-    candidates = np.stack([_filtered(raw, 2 * channels, kind) for kind in range(5)])
+    candidates = _candidates(pixels)
     if filters == "adaptive":
         cost = np.abs(candidates.astype(np.int8).astype(np.int32)).sum(axis=2)  # (5, H)
         kinds = cost.argmin(axis=0)
     else:
         kinds = np.full(height, {"none": 0, "paeth": 4}[filters])
-    rows = candidates[kinds, np.arange(height)].astype(np.uint8)
-    body = np.concatenate([kinds.astype(np.uint8)[:, None], rows], axis=1).tobytes()
+    body = _scanlines(candidates, kinds)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

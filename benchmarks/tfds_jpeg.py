@@ -5,7 +5,7 @@
     python benchmarks/tfds_jpeg.py --data=DIR --batches=100 --rounds=3 --threads=1,2 --patches=96,192
     python benchmarks/tfds_jpeg.py --data_dir=DIR    # keep the dataset in DIR, to train on it
 
-It writes a TFDS dataset (a small `GeneratorBasedBuilder`, real TFRecord files) into a
+It writes a TFDS dataset (`drn_jax.data.tfds_memory`, real TFRecord files) into a
 temporary folder: every photo under ``--data`` resized to a 500-pixel long side and
 re-encoded as a JPEG of quality 90 (ImageNet's typical size and quality, 4:2:0 chroma).
 Then it measures, in one process, crops/s of
@@ -49,12 +49,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from drn_jax import cli, data, image_io  # noqa: E402  (after the path is set)
-from drn_jax.data import crops, tfds_stream  # noqa: E402
+from drn_jax.data import crops, tfds_memory, tfds_stream  # noqa: E402
 from drn_jax.data.base import derive_key  # noqa: E402
 
 TRAIN_PHOTOS = REPO.parent / "shared" / "data" / "train" / "BSD200"
 DATASET = "drn_jpeg_bench"
-_builder_class = None
 
 
 def jpeg_bytes(path: pathlib.Path, long_side: int, quality: int) -> bytes:
@@ -73,29 +72,12 @@ def build_dataset(data_dir: str, photos: list[pathlib.Path], *, long_side: int =
     returns its source string."""
     import tensorflow_datasets as tfds
 
-    global _builder_class
-    if _builder_class is None:
-        class DrnJpegBench(tfds.core.GeneratorBasedBuilder):
-            VERSION = tfds.core.Version("1.0.0")
-            PHOTOS: list[bytes] = []
-
-            def _info(self):
-                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")}))
-
-            def _split_generators(self, dl_manager):
-                return {"train": self._generate_examples()}
-
-            def _generate_examples(self):
-                for i, encoded in enumerate(self.PHOTOS):
-                    yield i, {"image": encoded}  # bytes are stored as they are
-
-        _builder_class = DrnJpegBench
     tfds.disable_progress_bar()
     encoded = {path: jpeg_bytes(path, long_side, quality) for path in set(photos)}
-    _builder_class.PHOTOS = [encoded[path] for path in photos]
+    features = {"image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")}
+    records = ((i, {"image": encoded[path]}) for i, path in enumerate(photos))  # bytes as they are
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON alone
-        _builder_class(data_dir=data_dir).download_and_prepare()
+        tfds_memory.prepare(DATASET, data_dir, features, records)
     return f"tfds:{DATASET}:train:image"
 
 

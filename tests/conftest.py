@@ -1,5 +1,5 @@
 """Test setup: 8 emulated CPU devices, TensorFlow kept off accelerators, a shared JAX
-compilation cache, data paths, and random image folders."""
+compilation cache, data paths, and the fixtures (plain helpers are in helpers.py)."""
 
 import os
 import shutil
@@ -33,13 +33,11 @@ os.environ["DRN_JAX_COMPILATION_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"
 
 import pathlib
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from drn_jax import recipes
+from helpers import REPO, write_random_images  # REPO: tests/test_tpu_aot.py imports it from here
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # The shared data folder ($DRN_DATA_DIR, else ../shared/data beside the repository); CI has it.
 DATA_DIR = recipes.shared_data_dir()
 BENCHMARK_DIR = DATA_DIR / "benchmark"
@@ -65,35 +63,7 @@ def train_dir() -> pathlib.Path:
     return path
 
 
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
-def write_random_images(folder: pathlib.Path, shapes, *, seed: int = 0, names=None,
-                        suffix: str = ".png") -> dict[str, np.ndarray]:
-    """Uniform random uint8 images saved in ``folder`` (created): ``{name: pixels}``.
-
-    ``shapes``: one ``(H, W, C)`` per image (C 1: greyscale "L" file, 3: RGB, 4: RGBA), or
-    ``(count, (H, W, C))`` for ``count`` images of one shape. ``names`` default to ``img0``,
-    ``img1``, ...; the files are ``<name><suffix>``. One generator seeded with ``seed`` draws
-    them in order.
-    """
-    if len(shapes) == 2 and isinstance(shapes[0], int):
-        shapes = [tuple(shapes[1])] * shapes[0]
-    names = list(names) if names is not None else [f"img{index}" for index in range(len(shapes))]
-    assert len(names) == len(shapes), (names, shapes)
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    images = {}
-    for name, shape in zip(names, shapes):
-        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        Image.fromarray(pixels[..., 0] if shape[-1] == 1 else pixels, _MODES[shape[-1]]).save(
-            folder / f"{name}{suffix}")
-        images[name] = pixels
-    return images
-
-
 @pytest.fixture(scope="session")
 def random_images():
-    """:func:`write_random_images`, for tests and fixtures of any scope."""
+    """helpers.write_random_images, for tests and fixtures of any scope."""
     return write_random_images

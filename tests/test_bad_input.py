@@ -15,16 +15,17 @@ drn-upscale run); the error cases that stop at once run in this process through 
 import json
 import pathlib
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import cli, eval_cli, evaluation, upscale
-from test_reliability import REPO, TINY, Run, config_flags, error_lines, subprocess_env
+from drn_jax import cli, eval_cli, upscale
+from helpers import (TINY, Run, config_flags, error_lines, photo, run_eval, run_python, run_train,
+                     subprocess_env)
+
+pytestmark = pytest.mark.slow  # every test starts train.py, eval.py or drn-upscale, or uses the trained run
 
 UNUSABLE = {  # file -> what its message says
     "corrupt.png": "cannot identify image file", "corrupt.jpg": "Truncated File Read",
@@ -35,12 +36,6 @@ CONVERTED = {"deep16.png": "16-bit greyscale image reduced to 8 bits", "rgba.png
              "cmyk.jpg": "CMYK image converted to RGB"}
 USABLE = ["good0.png", "good1.png", "good2.png", "good3.jpg", "grey.png", *CONVERTED]
 SMALL = ["tiny1x1.png", "small.png"]  # under the 32-pixel crop; small.png is still >= the scale
-
-
-def photo(rng, height, width, seed):
-    rows, cols = np.mgrid[0:height, 0:width]
-    base = np.stack([rows * 4 + seed * 10, cols * 3 + 20, (rows + cols) * 2], -1)
-    return np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -98,7 +93,7 @@ def trained(battery, tmp_path_factory):
     workdir = root / "run"
     overrides = {**TINY, "data.train": f"folder:{battery}", "data.val": f"folder:{val}",
                  "num_train_steps": 2, "checkpoint_every_steps": 2}
-    run = Run([f"--workdir={workdir}", *config_flags(overrides)], subprocess_env(tmp_path_factory))
+    run = Run([f"--workdir={workdir}", *config_flags(overrides)], subprocess_env())
     run.finish()
     return workdir, run
 
@@ -124,13 +119,13 @@ def test_training_skips_each_bad_file_with_one_line(battery, trained):
     assert json.loads((workdir / "summary.json").read_text())["step"] == 2
 
 
-def test_training_refuses_a_checkpoint_of_another_model(trained, tmp_path_factory):
+def test_training_refuses_a_checkpoint_of_another_model(trained):
     workdir, _ = trained
     before = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*")
               if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
     run = Run([f"--workdir={workdir}", "--config.scale=8", "--config.model.features=4",
                *config_flags({"data.hr_patch_size": 32, "data.train": "samples:train", "batch_size": 8})],
-              subprocess_env(tmp_path_factory))
+              subprocess_env())
     assert run.finish() == 2, run.err[-3000:]
     lines = error_lines(run.err)
     assert lines == [f"error: {workdir} holds checkpoints of another model (scale 4 saved, 8 requested; "
@@ -149,15 +144,14 @@ def test_training_refuses_a_checkpoint_of_another_model(trained, tmp_path_factor
                             "see --helpfull"),
 ])
 def test_bad_flags_are_one_line(flag, message, tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path}", flag],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_train(f"--workdir={tmp_path}", flag, timeout=120)
     assert result.returncode == 2
     assert error_lines(result.stderr) == [message] and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())
 
 
-def test_wrong_scale_and_missing_folder_stop_before_training(tmp_path, tmp_path_factory):
-    env = subprocess_env(tmp_path_factory)
+def test_wrong_scale_and_missing_folder_stop_before_training(tmp_path):
+    env = subprocess_env()
     for flags, message in [
         (["--config.scale=3"], "error: scale=3 is not supported; use one of 2, 4, 8"),
         ([f"--config.data.train=folder:{tmp_path / 'missing'}"], f"{tmp_path / 'missing'} does not exist"),
@@ -173,12 +167,10 @@ def test_wrong_scale_and_missing_folder_stop_before_training(tmp_path, tmp_path_
 # eval.py
 # ---------------------------------------------------------------------------
 
-def test_eval_skips_each_bad_file_with_one_line(battery, trained, tmp_path, tmp_path_factory):
+def test_eval_skips_each_bad_file_with_one_line(battery, trained, tmp_path):
     workdir, _ = trained
-    result = subprocess.run(
-        [sys.executable, str(REPO / "eval.py"), f"--workdir={workdir}", f"--data_dir={battery.parent.parent}",
-         f"--output_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env=subprocess_env(tmp_path_factory, devices=1))
+    result = run_eval(f"--workdir={workdir}", f"--data_dir={battery.parent.parent}",
+                      f"--output_dir={tmp_path}", env=subprocess_env(devices=1), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not error_lines(result.stderr)
     stderr = result.stderr.replace("\r", "\n")  # the progress bar redraws with carriage returns
@@ -196,7 +188,7 @@ def test_eval_skips_each_bad_file_with_one_line(battery, trained, tmp_path, tmp_
     assert f"Bad ({len(USABLE) + 1})" in result.stdout
 
 
-def run_eval(capsys, **options) -> tuple[int, list[str], str]:
+def eval_in_process(capsys, **options) -> tuple[int, list[str], str]:
     with pytest.raises(SystemExit) as exit_info, cli.user_errors():
         eval_cli.run(eval_cli.EvalOptions(progress=False, **options))
     err = capsys.readouterr().err
@@ -218,7 +210,7 @@ def test_eval_errors_that_stop_are_one_line(trained, tmp_path, capsys):
         (dict(workdir=str(tmp_path / "no_run"), data_dir=str(tmp_path)), "no checkpoint in"),
     ]
     for options, message in cases:
-        code, lines, err = run_eval(capsys, **options)
+        code, lines, err = eval_in_process(capsys, **options)
         assert code == 2 and len(lines) == 1 and message in lines[0], (options, err)
 
 
@@ -226,13 +218,10 @@ def test_eval_errors_that_stop_are_one_line(trained, tmp_path, capsys):
 # drn-upscale
 # ---------------------------------------------------------------------------
 
-def test_upscaler_skips_each_bad_file_with_one_line(battery, trained, tmp_path, tmp_path_factory):
+def test_upscaler_skips_each_bad_file_with_one_line(battery, trained, tmp_path):
     workdir, _ = trained
-    result = subprocess.run(
-        [sys.executable, "-m", "drn_jax.upscale", str(battery), f"--workdir={workdir}",
-         f"--output_dir={tmp_path}", "--no_progress"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env=subprocess_env(tmp_path_factory, devices=1))
+    result = run_python("-m", "drn_jax.upscale", battery, f"--workdir={workdir}", f"--output_dir={tmp_path}",
+                        "--no_progress", env=subprocess_env(devices=1), timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]  # some files failed
     assert "Traceback" not in result.stderr
     for name in UNUSABLE:

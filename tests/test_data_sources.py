@@ -9,8 +9,6 @@ import logging
 import os
 import pathlib
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,11 +17,11 @@ import pytest
 from PIL import Image
 
 from drn_jax import data, errors, image_io
-from drn_jax.data import SourceError, create_train_dataset, crops, load_images, parse_source
+from drn_jax.data import SourceError, create_train_dataset, crops, load_images, parse_source, tfds_memory
 from drn_jax.data.base import derive_key
+from helpers import REPO, run_python
 
 PATCH = 16
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _coordinate_image(height: int, width: int, ident: int) -> np.ndarray:
@@ -627,11 +625,11 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_folders_and_samples_work_without_tensorflow(image_folder):
     folder, _ = image_folder
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW, str(folder)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = run_python("-c", _WITHOUT_TENSORFLOW, str(folder), env=env, cwd=None, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["images"] == ["a", "b", "d", "small", "c"]  # sorted paths: sub/c.png last
@@ -646,36 +644,22 @@ def test_folders_and_samples_work_without_tensorflow(image_folder):
 # ---------------------------------------------------------------------------- TFDS
 
 _TFDS_IMAGES = 10
-_builder_class = None
+_TFDS_NAME = "drn_tiny_images"
 
 
-def _tfds_builder_class():
-    """A tiny TFDS dataset built from arrays, registered once per test session."""
-    global _builder_class
-    if _builder_class is None:
-        import tensorflow_datasets as tfds
+def _tfds_features() -> dict:
+    import tensorflow_datasets as tfds
 
-        class DrnTinyImages(tfds.core.GeneratorBasedBuilder):
-            VERSION = tfds.core.Version("1.0.0")
+    return {"picture": tfds.features.Image(shape=(None, None, 3)), "file_name": tfds.features.Text()}
 
-            def _info(self):
-                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                    "picture": tfds.features.Image(shape=(None, None, 3)),
-                    "file_name": tfds.features.Text(),
-                }))
 
-            def _split_generators(self, dl_manager):
-                return {"train": self._generate_examples()}
-
-            def _generate_examples(self):
-                for i in range(_TFDS_IMAGES):
-                    # Image 3 is too small for the crop.
-                    size = (8, 8) if i == 3 else (20 + i, 30 - i)
-                    pixels = _coordinate_image(*size, 100 + i)
-                    yield i, {"picture": pixels, "file_name": f"dir/img{i}.png"}
-
-        _builder_class = DrnTinyImages
-    return _builder_class
+def _tfds_examples():
+    """drn_tiny_images's records, from arrays: coordinate images of ten sizes."""
+    for i in range(_TFDS_IMAGES):
+        # Image 3 is too small for the crop.
+        size = (8, 8) if i == 3 else (20 + i, 30 - i)
+        pixels = _coordinate_image(*size, 100 + i)
+        yield i, {"picture": pixels, "file_name": f"dir/img{i}.png"}
 
 
 @pytest.fixture(scope="module")
@@ -684,12 +668,12 @@ def tfds_dir(tmp_path_factory) -> str:
 
     tfds.disable_progress_bar()
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    _tfds_builder_class()(data_dir=data_dir).download_and_prepare()
+    tfds_memory.prepare(_TFDS_NAME, data_dir, _tfds_features(), _tfds_examples())
     return data_dir
 
 
 def test_tfds_unprepared(tmp_path):
-    _tfds_builder_class()
+    tfds_memory.builder_class(_TFDS_NAME, _tfds_features())  # known, not prepared
     with pytest.raises(SourceError) as err:
         parse_source("tfds:drn_tiny_images:train:picture", tfds_data_dir=str(tmp_path))
     message = str(err.value)

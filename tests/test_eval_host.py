@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from drn_jax import evaluation, inference, metrics, resize
-from tiny_models import tiny_model
+from helpers import tiny_model
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles: list[str] = []

@@ -2,10 +2,8 @@
 
 import csv
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -13,16 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import eval_cli, evaluation, inference, loading, models, plots
-from tiny_models import tiny_model
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from drn_jax import eval_cli, evaluation, inference, loading, models, plots, training
+from helpers import data_overrides, run_eval, subprocess_env, tiny_config, tiny_model
 
 
 def run_eval_py(*flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, str(REPO / "eval.py"), *flags], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_eval(*flags, env=subprocess_env(TF_CPP_MIN_LOG_LEVEL="3"))
 
 
 def assert_row(entry: dict, psnr: float, ssim: float, images: int):
@@ -35,6 +29,7 @@ def assert_row(entry: dict, psnr: float, ssim: float, images: int):
     (4, {"Set5": (28.42, 0.8104, 5)}),
     (8, {"Set5": (24.39, 0.657, 5)}),
 ])
+@pytest.mark.slow
 def test_eval_py_bicubic_reproduces_published_rows(benchmark_dir, tmp_path, scale, rows):
     result = run_eval_py("--method=bicubic", f"--scale={scale}", f"--data_dir={benchmark_dir}",
                          f"--datasets={','.join(rows)}", f"--output_dir={tmp_path}")
@@ -122,6 +117,7 @@ def test_model_evaluates_end_to_end(tmp_path, monkeypatch):
     assert Image.open(figure).size[0] > 100
 
 
+@pytest.mark.slow
 def test_eval_py_without_checkpoint_says_so(tmp_path):
     result = run_eval_py(f"--workdir={tmp_path / 'nothing'}")
     assert result.returncode != 0
@@ -155,23 +151,19 @@ def test_validator_for_training():
     assert validate(shifted)[0]["psnr"] != scores["psnr"]
 
 
+@pytest.mark.slow
 def test_checkpoint_from_tiny_training_run_evaluates_through_eval_py(tmp_path):
     """train.py's checkpoint -> eval.py with no data flags scores the run's held-out images.
 
     The training loop's last validation and eval.py use the same protocol on the same
     images with the same parameters, so their DRN PSNRs agree.
     """
-    from drn_jax import config as config_lib
-    from drn_jax import training
-
     folder = tmp_path / "photos"
     write_dataset(tmp_path / "data", "Tiny")
     (tmp_path / "data" / "Tiny" / "HR").rename(folder)
-    config = config_lib.base_config()
-    config.model.features, config.model.modules_per_block = 8, 1
-    config.data.train = config.data.val = f"folder:{folder}"
-    config.data.hr_patch_size, config.batch_size = 16, 8
-    config.num_train_steps = config.checkpoint_every_steps = config.eval_every_steps = 2
+    # Validated on every image, as eval.py scores them.
+    config = tiny_config(num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=2,
+                         **{**data_overrides(folder), "data.hr_patch_size": 16, "data.val_limit": 0})
     workdir = tmp_path / "run"
     summary = training.train_and_evaluate(config, workdir)
 

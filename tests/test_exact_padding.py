@@ -5,7 +5,7 @@ import numpy as np
 
 from drn_jax import inference, loading
 from drn_jax.ops import replicate_edges, zero_outside
-from tiny_models import tiny_model
+from helpers import tiny_model
 
 
 def random_image(height, width, seed):

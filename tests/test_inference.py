@@ -7,7 +7,7 @@ import pytest
 
 from drn_jax import inference, models
 from drn_jax.resize import imresize
-from tiny_models import tiny_model
+from helpers import tiny_model
 
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:

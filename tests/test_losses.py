@@ -343,6 +343,7 @@ class ObjectiveTest(chex.TestCase):
             losses.drn_objective(primal, primal_targets, loss="ssim")
 
 
+@pytest.mark.slow
 def test_import_pulls_in_neither_flax_nor_tensorflow():
     code = (
         "import sys, drn_jax, drn_jax.losses; "

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from drn_jax import checkpointing, data, loading, model_factory, train_state, training
-from test_reliability import TINY, Run, config_flags, data_overrides, default_config, subprocess_env, write_images
+from helpers import TINY, Run, config_flags, data_overrides, subprocess_env, tiny_config, write_photos
 
 STEPS = 30
 RUN = {**TINY, "num_train_steps": STEPS, "checkpoint_every_steps": 10}
@@ -34,11 +34,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_job(workdir, folder, tmp_path_factory) -> list[Run]:
+def start_job(workdir, folder) -> list[Run]:
     address = f"127.0.0.1:{free_port()}"
     args = [f"--workdir={workdir}", "--config.distributed=True", *config_flags({**RUN, **data_overrides(folder)})]
-    return [Run(args, subprocess_env(tmp_path_factory, devices=4, JAX_COORDINATOR_ADDRESS=address,
-                                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index)))
+    return [Run(args, subprocess_env(devices=4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(index)))
             for index in range(2)]
 
 
@@ -55,7 +55,7 @@ def finish_job(runs: list[Run], timeout: float = 400) -> None:
 def reference_params(folder):
     """STEPS steps on 8 devices in this process, each global batch = process 0's + process 1's
     training crops."""
-    config = default_config(**RUN, **data_overrides(folder))
+    config = tiny_config(**RUN, **data_overrides(folder))
     model = model_factory.create_model(config)
     optimizer = train_state.create_optimizer(config)
     mesh = training.make_mesh()
@@ -77,12 +77,12 @@ def reference_params(folder):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path, tmp_path_factory):
-    folder = write_images(tmp_path / "images")
+def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
+    folder = write_photos(tmp_path / "images")
     workdir = tmp_path / "run"
 
     # 1. Both processes train; SIGTERM reaches process 1 only, and both stop at one step.
-    runs = start_job(workdir, folder, tmp_path_factory)
+    runs = start_job(workdir, folder)
     try:
         runs[0].wait_for(r"^step 2/")  # only process 0 logs
         runs[1].process.send_signal(signal.SIGTERM)
@@ -102,7 +102,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path, tm
     assert data["positions"] == [stop_step * local_batch] * 2  # one position per process
 
     # 2. The same command resumes both processes and finishes.
-    runs = start_job(workdir, folder, tmp_path_factory)
+    runs = start_job(workdir, folder)
     finish_job(runs)
     assert f"resumed from step {stop_step} (data position {stop_step * local_batch})" in runs[0].out
     summary = json.loads((workdir / "summary.json").read_text())

@@ -1,9 +1,10 @@
 """drn_jax.png16: 16-bit PNGs of every colour type, every row filter, and bad files.
 
-The filtered scanlines are built here from the PNG specification (the reference `filter_rows`),
-not with the module; Pillow, which reads 16-bit grey PNGs at 16 bits and the other 16-bit
-types at 8 (the high byte), checks what `encode` writes; scikit-image's 16-bit RGB chessboard,
-written by libpng with filters 0, 1, 2 and 4, is a file from another encoder.
+The filtered scanlines are built from the PNG specification (the reference `filter_rows`, with
+which benchmarks/png16_decode.py writes its files), not with the module; Pillow, which reads
+16-bit grey PNGs at 16 bits and the other 16-bit types at 8 (the high byte), checks what `encode`
+writes; scikit-image's 16-bit RGB chessboard, written by libpng with filters 0, 1, 2 and 4, is a
+file from another encoder.
 """
 
 import pathlib
@@ -17,6 +18,9 @@ from PIL import Image
 
 from drn_jax import image_io, png16
 from drn_jax.errors import ImageReadError
+from helpers import REPO, load_script
+
+filter_rows = load_script(REPO / "benchmarks" / "png16_decode.py").filter_rows
 
 COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
 # (height, width): a pixel, a row, a column, and images wider and taller than they are long,
@@ -26,34 +30,6 @@ SIZES = [(1, 1), (1, 9), (9, 1), (5, 13), (13, 5), (17, 17)]
 
 def chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def filter_rows(pixels: np.ndarray, kinds) -> bytes:
-    """The PNG scanlines of uint16 ``pixels`` (H, W, C), row y filtered with ``kinds[y]``, from
-    the specification: Filt(x) = Orig(x) - predictor(a = left, b = up, c = up-left), per byte."""
-    height = pixels.shape[0]
-    bpp = 2 * pixels.shape[2]
-    raw = pixels.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int64)
-    lines, previous = [], np.zeros(raw.shape[1], np.int64)
-    for y, kind in enumerate(kinds):
-        line = raw[y]
-        left = np.concatenate([np.zeros(bpp, np.int64), line[:-bpp]])
-        corner = np.concatenate([np.zeros(bpp, np.int64), previous[:-bpp]])
-        if kind == 0:
-            predictor = np.zeros_like(line)
-        elif kind == 1:
-            predictor = left
-        elif kind == 2:
-            predictor = previous
-        elif kind == 3:
-            predictor = (left + previous) // 2
-        else:
-            p = left + previous - corner
-            pa, pb, pc = np.abs(p - left), np.abs(p - previous), np.abs(p - corner)
-            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, previous, corner))
-        lines.append(bytes([kind]) + ((line - predictor) % 256).astype(np.uint8).tobytes())
-        previous = line
-    return b"".join(lines)
 
 
 def png_file(path: pathlib.Path, pixels: np.ndarray, kinds=None, *, interlace: int = 0,

@@ -1,50 +1,29 @@
 """Pretrained models: export from a checkpoint, bitwise load, eval.py/drn-upscale --pretrained, the shipped x4."""
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import eval_cli, evaluation, loading, pretrained, training, upscale, zoo
-from drn_jax import config as config_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from drn_jax import eval_cli, loading, pretrained, training, upscale, zoo
+from helpers import data_overrides, run_eval, subprocess_env, tiny_config, write_photos
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> pathlib.Path:
     """Six small photograph-like images (colour ramps plus texture)."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(1)
-    rows, cols = np.mgrid[0:40, 0:48]
-    for index in range(6):
-        base = np.stack([rows * 4 + index * 10, cols * 3 + 20, (rows + cols) * 2], axis=-1)
-        noise = rng.integers(0, 40, size=base.shape)
-        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{index}.png")
-    return folder
+    return write_photos(tmp_path_factory.mktemp("images"), seed=1)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(image_folder, tmp_path_factory) -> pathlib.Path:
-    """A real 2-step training run of a tiny DRN (F 8, one module per block, as other test files train)."""
-    config = config_lib.base_config()
-    config.model.features = 8
-    config.model.modules_per_block = 1
-    config.data.train = config.data.val = f"folder:{image_folder}"
-    config.data.val_limit = 2
-    config.data.hr_patch_size = 32
-    config.batch_size = 8
-    config.num_train_steps = 2
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    config.eval_every_steps = 2
+    """A real 2-step training run of the tiny DRN (helpers.tiny_config)."""
+    config = tiny_config(num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=2,
+                         **{**data_overrides(image_folder), "data.val_limit": 2})
     workdir = tmp_path_factory.mktemp("tiny_run")
     training.train_and_evaluate(config, workdir)
     return workdir
@@ -58,6 +37,7 @@ def pretrained_dir(tmp_path, monkeypatch) -> pathlib.Path:
     return folder
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_export_then_load_gives_identical_params(tiny_run, pretrained_dir):
     path = pretrained.export(tiny_run, "tiny", card={"notes": "test"})
     assert path == pretrained_dir / "tiny.msgpack" and path.is_file()
@@ -82,11 +62,13 @@ def test_export_then_load_gives_identical_params(tiny_run, pretrained_dir):
     assert meta["parameters"] == sum(np.asarray(x).size for x in jax.tree.leaves(variables))
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_checkpoint_step_folder_exports_that_step(tiny_run, pretrained_dir):
     pretrained.export(tiny_run / "checkpoints" / "2", "step2", path=pretrained_dir)
     assert pretrained.load_metadata("step2", pretrained_dir)["card"]["steps"] == 2
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_unknown_name_is_a_one_line_error_naming_the_available(tiny_run, pretrained_dir):
     pretrained.export(tiny_run, "tiny")
     with pytest.raises(FileNotFoundError) as info:
@@ -97,6 +79,7 @@ def test_unknown_name_is_a_one_line_error_naming_the_available(tiny_run, pretrai
         pretrained.export(tiny_run, "../escape")
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_corrupted_parameters_are_refused(tiny_run, pretrained_dir):
     path = pretrained.export(tiny_run, "tiny")
     data = bytearray(path.read_bytes())
@@ -106,6 +89,7 @@ def test_corrupted_parameters_are_refused(tiny_run, pretrained_dir):
         loading.load_model(pretrained="tiny")
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_eval_pretrained_equals_eval_workdir(tiny_run, image_folder, pretrained_dir, tmp_path):
     """eval.py --pretrained (default output folder) scores exactly what --workdir scores."""
     source = f"folder:{image_folder}"
@@ -116,10 +100,8 @@ def test_eval_pretrained_equals_eval_workdir(tiny_run, image_folder, pretrained_
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-           zoo.DIRECTORY_ENV: str(pretrained_dir)}
-    result = subprocess.run([sys.executable, str(REPO / "eval.py"), "--pretrained=tiny", f"--datasets={source}"],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL="3", **{zoo.DIRECTORY_ENV: str(pretrained_dir)})
+    result = run_eval("--pretrained=tiny", f"--datasets={source}", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     written = json.loads((cwd / "runs" / "pretrained-tiny" / "eval" / "results.json").read_text())
     expected = by_workdir.summary("DRN")[source]
@@ -127,8 +109,7 @@ def test_eval_pretrained_equals_eval_workdir(tiny_run, image_folder, pretrained_
         assert written[source][metric] == pytest.approx(expected[metric], abs=1e-9), metric
     assert written["_meta"]["pretrained"] == "tiny"
 
-    unknown = subprocess.run([sys.executable, str(REPO / "eval.py"), "--pretrained=nope", f"--datasets={source}"],
-                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    unknown = run_eval("--pretrained=nope", f"--datasets={source}", cwd=cwd, env=env)
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines()[-1].startswith("error: no pretrained model 'nope'")
     assert "Traceback" not in unknown.stderr
@@ -141,6 +122,7 @@ def test_eval_options_refuse_pretrained_with_checkpoint_or_bicubic(pretrained_di
         eval_cli.run(eval_cli.EvalOptions(pretrained="x", method="bicubic", scale=4))
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_upscale_pretrained_equals_workdir(tiny_run, image_folder, pretrained_dir, tmp_path, capsys):
     pretrained.export(tiny_run, "tiny")
     image = image_folder / "img0.png"
@@ -156,6 +138,7 @@ def test_upscale_pretrained_equals_workdir(tiny_run, image_folder, pretrained_di
     assert "no pretrained model 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains tiny_run
 def test_cli_export_writes_model_card(tiny_run, image_folder, pretrained_dir, tmp_path, capsys):
     results = {"Set5": {"psnr": 30.1234, "ssim": 0.85, "gradient_psnr": 25.5, "images": 5},
                "Set14": {"psnr": 27.6543, "ssim": 0.75, "gradient_psnr": 24.25, "images": 14},

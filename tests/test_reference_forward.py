@@ -123,7 +123,7 @@ def ref_drn(params, lr, *, scale, modules_per_block, progressive, dual, variant=
 
 
 def random_variables(model: models.DRN, seed: int):
-    """Random float32 variables drawn in NumPy (as tests/tiny_models.py): PyTorch's kernel bound,
+    """Random float32 variables drawn in NumPy (as tests/helpers.py's tiny_model): PyTorch's kernel bound,
     non-zero biases so that zero padding and the ReLUs matter."""
     shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
     rng = np.random.default_rng(seed)

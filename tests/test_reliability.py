@@ -9,150 +9,36 @@
   after the last good checkpoint is saved.
 * A full disk or an unwritable workdir: one line naming the folder, earlier checkpoints intact.
 
-The subprocess runs share the test session's persistent JAX compilation cache (conftest.py)
-with this process, so a program is compiled once per session, not once per run.
+The checkpoint folder's failure modes are tested without training where they can be: an
+unreadable checkpoint and a failing save on a small state (`small_state`), the read-only workdir
+on an initial state saved as a checkpoint (`save_initial_state`). The subprocess runs share the
+test session's persistent JAX compilation cache (conftest.py) with this process, so a program is
+compiled once per session, not once per run.
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import pathlib
-import queue
 import re
-import shutil
 import subprocess
-import sys
-import threading
-import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
-from drn_jax import checkpointing, cli, loading, model_factory, train_state, training
+from drn_jax import checkpointing, cli, files, loading, model_factory, train_state, training
 from drn_jax.errors import NonFiniteLossError
-from drn_jax import config as config_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-# The run every test here trains: configs/default.py made tiny. Values are what the
-# subprocess gets as --config.<key>=<value>, and what the in-process reference applies.
-TINY = {
-    "model.features": 8, "model.modules_per_block": 1, "data.hr_patch_size": 32,
-    "batch_size": 8, "learning_rate": 1e-3, "log_every_steps": 1, "checkpoint_every_steps": 3,
-    "eval_every_steps": 1000, "data.val_limit": 1, "data.shuffle_buffer": 16,
-}
-
-
-def default_config(**overrides):
-    """configs/default.py's config with `overrides` (dotted keys), as train.py builds it."""
-    spec = importlib.util.spec_from_file_location("drn_default_config", REPO / "configs" / "default.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in overrides.items():
-        config_lib.override(config, key, value)
-    return config
-
-
-def config_flags(overrides) -> list[str]:
-    return [f"--config.{key}={value}" for key, value in overrides.items()]
-
-
-def write_images(folder: pathlib.Path, count: int = 6) -> pathlib.Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[0:40, 0:48]
-    for index in range(count):
-        base = np.stack([rows * 4 + index * 10, cols * 3 + 20, (rows + cols) * 2], axis=-1)
-        noise = rng.integers(0, 40, size=base.shape)
-        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{index}.png")
-    return folder
+from drn_jax.rundir import RunDir
+from helpers import (REPO, TINY, Run, config_flags, data_overrides, error_lines, subprocess_env, tiny_config,
+                     write_photos)
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> pathlib.Path:
-    return write_images(tmp_path_factory.mktemp("images"))
-
-
-def data_overrides(folder: pathlib.Path) -> dict:
-    return {"data.train": f"folder:{folder}", "data.val": f"folder:{folder}"}
-
-
-def subprocess_env(tmp_path_factory, devices: int = 8, **extra) -> dict:
-    """CPU with `devices` emulated devices and the compilation cache shared by the test session."""
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.getbasetemp() / "jax-compilation-cache"
-    pathlib.Path(cache).mkdir(exist_ok=True)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("DRN_DEBUG", None)
-    env.update(extra)
-    return env
-
-
-class Run:
-    """A train.py subprocess whose stdout and stderr lines are read as they come."""
-
-    def __init__(self, args, env, cwd=REPO, script=REPO / "train.py"):
-        self.process = subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(stream, store), daemon=True)
-                         for stream, store in ((self.process.stdout, self.stdout),
-                                               (self.process.stderr, self.stderr))]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, stream, store):
-        for line in stream:
-            store.append(line)
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 240) -> str:
-        """The first line (either stream) matching `pattern`; fails if the run ends first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None and self.lines.empty():
-                    break
-                continue
-            if re.search(pattern, line):
-                return line
-        self.process.kill()
-        self.finish()
-        raise AssertionError(f"no line matching {pattern!r}; rc={self.process.returncode}\n"
-                             f"{self.out[-3000:]}\n{self.err[-3000:]}")
-
-    def kill_9(self) -> None:
-        self.process.kill()  # SIGKILL: no handler, no cleanup
-        self.finish()
-
-    def finish(self, timeout: float = 300) -> int:
-        self.process.wait(timeout=timeout)
-        for reader in self._readers:
-            reader.join(timeout=10)
-        return self.process.returncode
-
-    @property
-    def out(self) -> str:
-        return "".join(self.stdout)
-
-    @property
-    def err(self) -> str:
-        return "".join(self.stderr)
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    return write_photos(tmp_path_factory.mktemp("images"))
 
 
 def restored_params(workdir: pathlib.Path, step: int | None = None):
@@ -172,6 +58,47 @@ def all_finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(tree))
 
 
+def small_state(step: int) -> train_state.TrainState:
+    """A TrainState of a few small arrays, other values at every step: what the checkpoint
+    folder's failure modes are tested on, without a model to compile."""
+    params = {"conv": {"kernel": jnp.full((3, 3, 2, 4), 0.5 * step), "bias": jnp.arange(4.0) + step}}
+    opt_state = {"count": jnp.asarray(step, jnp.int32), "mu": jax.tree.map(lambda p: p / 10, params)}
+    return train_state.TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state,
+                                  ema_params=None)
+
+
+def save_small_states(checkpoints: pathlib.Path, steps) -> None:
+    """`small_state(step)` saved for each step, with the data position of `step` batches of 8."""
+    checkpointer = checkpointing.Checkpointer(checkpoints)
+    for step in steps:
+        checkpointer.save(step, small_state(step), step * 8)
+    checkpointer.close()
+
+
+def restored_small_state(checkpoints: pathlib.Path) -> tuple[train_state.TrainState, int]:
+    """(the newest readable small state in `checkpoints`, its data position)."""
+    checkpointer = checkpointing.Checkpointer(checkpoints)
+    try:
+        return checkpointer.restore_or(small_state(0))
+    finally:
+        checkpointer.close()
+
+
+def save_initial_state(config, workdir: pathlib.Path, step: int) -> None:
+    """`config`'s initial state saved as checkpoint `step` of a run in `workdir` (replicated, at
+    the data position of `step` batches, with the run's config.json), as if trained for `step`
+    steps: a run to resume, without compiling a training step."""
+    model = model_factory.create_model(config)
+    state = train_state.create_train_state(config, model, train_state.create_optimizer(config),
+                                           jax.random.key(config.seed))
+    state = training.replicate(state.replace(step=jnp.asarray(step, jnp.int32)), training.make_mesh())
+    run = RunDir(workdir)
+    checkpointer = checkpointing.Checkpointer(run.checkpoints, keep=config.keep_checkpoints)
+    checkpointer.save(step, state, step * config.batch_size)
+    checkpointer.close()
+    files.write_json(run.config_file, config.to_dict())
+
+
 # ---------------------------------------------------------------------------
 # kill -9 and unreadable checkpoints
 # ---------------------------------------------------------------------------
@@ -183,19 +110,18 @@ KILL_RUN = {**TINY, "num_train_steps": 9}
 def reference_run(image_folder, tmp_path_factory):
     """The uninterrupted 9-step run, in this process (8 devices, like the subprocesses)."""
     workdir = tmp_path_factory.mktemp("reference")
-    training.train_and_evaluate(default_config(**KILL_RUN, **data_overrides(image_folder)), workdir)
+    training.train_and_evaluate(tiny_config(**KILL_RUN, **data_overrides(image_folder)), workdir)
     assert saved_steps(workdir) == [3, 6, 9]
     return workdir
 
 
 @pytest.mark.slow
-def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_run, tmp_path,
-                                                      tmp_path_factory):
+def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_run, tmp_path):
     args = [f"--workdir={tmp_path}", *config_flags({**KILL_RUN, **data_overrides(image_folder)})]
     # 1. Killed inside the commit of checkpoint 6: the test hook holds the commit (before
     # orbax's rename) long enough to kill it there. Checkpoint 3 is complete by then: orbax
     # starts a save only once the previous one has finished.
-    run = Run(args, subprocess_env(tmp_path_factory, DRN_TEST_COMMIT_DELAY="6:60"),
+    run = Run(args, subprocess_env(DRN_TEST_COMMIT_DELAY="6:60"),
               script=REPO / "tests" / "slow_commit_train.py")
     run.wait_for(r"test hook: committing checkpoint .*/checkpoints/6\.orbax-checkpoint-tmp")
     run.kill_9()
@@ -203,7 +129,7 @@ def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_ru
     assert leftovers(tmp_path) == ["6.orbax-checkpoint-tmp"]  # the half-committed save
 
     # 2. Restarted, killed again a few steps later (possibly while saving 6).
-    run = Run(args, subprocess_env(tmp_path_factory))
+    run = Run(args, subprocess_env())
     run.wait_for(r"^resumed from step 3 ")
     run.wait_for(r"^step 7/9")
     run.kill_9()
@@ -211,7 +137,7 @@ def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_ru
     resume_from = saved_steps(tmp_path)[-1]
 
     # 3. Restarted to the end: the parameters of the uninterrupted run.
-    run = Run(args, subprocess_env(tmp_path_factory))
+    run = Run(args, subprocess_env())
     assert run.finish() == 0, run.err[-3000:]
     assert f"resumed from step {resume_from} " in run.out
     assert saved_steps(tmp_path) == [3, 6, 9]
@@ -223,10 +149,10 @@ def test_kill_9_resumes_from_last_complete_checkpoint(image_folder, reference_ru
     assert logged == set(range(1, 10))
 
 
-def test_unreadable_checkpoint_and_leftover_tmp_are_skipped(image_folder, reference_run, tmp_path, caplog):
+def test_unreadable_checkpoint_and_leftover_tmp_are_skipped(tmp_path, caplog):
     """Step 9's files truncated (as after a power loss) and a stale tmp folder: resume from 6."""
-    shutil.copytree(reference_run, tmp_path, dirs_exist_ok=True)
     checkpoints = tmp_path / "checkpoints"
+    save_small_states(checkpoints, [3, 6, 9])
     for path in (checkpoints / "9" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
@@ -234,27 +160,32 @@ def test_unreadable_checkpoint_and_leftover_tmp_are_skipped(image_folder, refere
     (stale / "state").mkdir(parents=True)
     (stale / "state" / "junk").write_bytes(b"\0" * 100)
 
-    config = default_config(**KILL_RUN, **data_overrides(image_folder))
+    checkpointer = checkpointing.Checkpointer(checkpoints)  # as a resumed run opens it
     with caplog.at_level("WARNING", logger="drn_jax.checkpointing"):
-        summary = training.train_and_evaluate(config, tmp_path)
-    assert summary["step"] == 9
+        state, position = checkpointer.restore_or(small_state(0))
+    assert int(state.step) == 6 and position == 48  # resumed from 6
+    chex.assert_trees_all_close(state, small_state(6), atol=0, rtol=0)
+    checkpointer.save(9, small_state(9), 72)  # the resumed run's step 9
+    checkpointer.close()
+    assert int(restored_small_state(checkpoints)[0].step) == 9
     assert any("checkpoint 9 cannot be read" in record.getMessage() for record in caplog.records)
     assert (checkpoints / "9.unreadable").is_dir()  # kept for inspection, not deleted
     assert not stale.exists()
     assert saved_steps(tmp_path) == [3, 6, 9]
-    # Retrained from 6, the new step 9 equals the reference's.
-    chex.assert_trees_all_close(restored_params(tmp_path), restored_params(reference_run), atol=1e-7, rtol=0)
+    # Saved again from 6, the new step 9 equals the first one.
+    chex.assert_trees_all_close(restored_small_state(checkpoints)[0].params, small_state(9).params,
+                                atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------------------
 # Numerics
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_naming_step_and_terms(image_folder, tmp_path, capsys):
     # The learning rate grows 10^4-fold every 2 steps: finite at first, then the loss blows up.
-    config = default_config(**{**TINY, "num_train_steps": 40, "checkpoint_every_steps": 2,
-                               "lr_decay_every": 2, "lr_decay_factor": 1e4, "keep_checkpoints": 100},
-                            **data_overrides(image_folder))
+    config = tiny_config(num_train_steps=40, checkpoint_every_steps=2, lr_decay_every=2, lr_decay_factor=1e4,
+                         keep_checkpoints=100, **data_overrides(image_folder))
     with pytest.raises(SystemExit) as exit_info, cli.user_errors():
         training.train_and_evaluate(config, tmp_path)
     assert exit_info.value.code == 1
@@ -279,9 +210,9 @@ def test_non_finite_loss_stops_with_one_line_naming_step_and_terms(image_folder,
     assert bad_step > 2  # the first steps trained
 
 
+@pytest.mark.slow
 def test_non_finite_state_is_never_saved(image_folder, tmp_path, monkeypatch):
     """Parameters turned NaN by an update whose metrics were still finite: not saved either."""
-    import jax.numpy as jnp
     import optax
 
     original = training.create_optimizer
@@ -294,8 +225,7 @@ def test_non_finite_state_is_never_saved(image_folder, tmp_path, monkeypatch):
                            optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update))
 
     monkeypatch.setattr(training, "create_optimizer", poisoned_optimizer)
-    config = default_config(**{**TINY, "num_train_steps": 8, "checkpoint_every_steps": 2},
-                            **data_overrides(image_folder))
+    config = tiny_config(num_train_steps=8, checkpoint_every_steps=2, **data_overrides(image_folder))
     with pytest.raises(NonFiniteLossError, match=r"step 4: the parameters or the optimiser state "
                        r"are not finite.*the last checkpoint, step 2 in"):
         training.train_and_evaluate(config, tmp_path)
@@ -340,18 +270,19 @@ def fill(folder: pathlib.Path, leave: int) -> None:
         handle.truncate(max(0, size - leave))
 
 
-def test_full_disk_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, tmp_path_factory, capsys):
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, capsys):
     """A real full file system (a tmpfs): the save of step 6 fails, checkpoint 3 survives."""
     with tmpfs(tmp_path / "disk", "4m") as disk:
         workdir = disk / "run"
         run_config = {**TINY, **data_overrides(image_folder)}
-        training.train_and_evaluate(default_config(**run_config, num_train_steps=3), workdir)
+        save_initial_state(tiny_config(**run_config, num_train_steps=3), workdir, 3)
         before = restored_params(workdir)
         checkpoint_bytes = sum(p.stat().st_size for p in (workdir / "checkpoints" / "3").rglob("*")
                                if p.is_file())
         fill(disk, leave=checkpoint_bytes // 3)  # room for logs, not for a checkpoint
         run = Run([f"--workdir={workdir}", *config_flags({**run_config, "num_train_steps": 6})],
-                  subprocess_env(tmp_path_factory))
+                  subprocess_env())
         assert run.finish() == 2, run.err[-3000:]
         lines = error_lines(run.err)
         assert len(lines) == 1 and "Traceback" not in run.err, run.err[-3000:]
@@ -360,7 +291,7 @@ def test_full_disk_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, tmp
         # Not even room for a log line: still one line naming the workdir.
         fill(disk, leave=0)
         with pytest.raises(SystemExit) as exit_info, cli.user_errors():
-            training.train_and_evaluate(default_config(**run_config, num_train_steps=6), workdir)
+            training.train_and_evaluate(tiny_config(**run_config, num_train_steps=6), workdir)
         assert exit_info.value.code == 2
         lines = error_lines(capsys.readouterr().err)
         assert len(lines) == 1 and str(workdir) in lines[0] and "No space left on device" in lines[0], lines
@@ -369,7 +300,7 @@ def test_full_disk_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, tmp
         assert saved_steps(workdir) == [3]
         chex.assert_trees_all_close(restored_params(workdir), before, atol=0, rtol=0)
         # With space again, the same command resumes from 3 and removes the partial save.
-        summary = training.train_and_evaluate(default_config(**run_config, num_train_steps=6), workdir)
+        summary = training.train_and_evaluate(tiny_config(**run_config, num_train_steps=6), workdir)
         assert summary["step"] == 6 and saved_steps(workdir) == [3, 6] and leftovers(workdir) == []
 
 
@@ -378,7 +309,7 @@ def test_read_only_workdir_is_one_line_before_compiling(image_folder, tmp_path, 
     with tmpfs(tmp_path / "disk", "4m") as disk:
         workdir = disk / "run"
         run_config = {**TINY, **data_overrides(image_folder)}
-        training.train_and_evaluate(default_config(**run_config, num_train_steps=3), workdir)
+        save_initial_state(tiny_config(**run_config, num_train_steps=3), workdir, 3)
         before = restored_params(workdir)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
 
@@ -386,7 +317,7 @@ def test_read_only_workdir_is_one_line_before_compiling(image_folder, tmp_path, 
             raise AssertionError("compiled before reporting the read-only workdir")
         monkeypatch.setattr(training, "make_train_step", must_not_compile)
         with pytest.raises(SystemExit) as exit_info, cli.user_errors():
-            training.train_and_evaluate(default_config(**run_config, num_train_steps=6), workdir)
+            training.train_and_evaluate(tiny_config(**run_config, num_train_steps=6), workdir)
         assert exit_info.value.code == 2
         lines = error_lines(capsys.readouterr().err)
         assert len(lines) == 1 and str(workdir) in lines[0] and "Read-only file system" in lines[0], lines
@@ -402,19 +333,20 @@ def test_workdir_under_a_file_is_one_line_before_compiling(image_folder, tmp_pat
         raise AssertionError("compiled before reporting the unwritable workdir")
     monkeypatch.setattr(training, "make_train_step", must_not_compile)
     with pytest.raises(SystemExit) as exit_info, cli.user_errors():
-        training.train_and_evaluate(default_config(**TINY, **data_overrides(image_folder)), blocker / "run")
+        training.train_and_evaluate(tiny_config(**data_overrides(image_folder)), blocker / "run")
     assert exit_info.value.code == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(blocker / "run") in lines[0] and "writable --workdir" in lines[0], lines
 
 
-def test_save_error_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, monkeypatch, capsys):
-    """ENOSPC raised by the write itself (for machines where the tmpfs test cannot mount)."""
+def test_save_error_is_one_line_and_keeps_checkpoints(tmp_path, monkeypatch, capsys):
+    """ENOSPC raised by the write itself, on a small state (for machines where the tmpfs test
+    cannot mount)."""
     import errno
 
-    run_config = {**TINY, **data_overrides(image_folder)}
-    training.train_and_evaluate(default_config(**run_config, num_train_steps=3), tmp_path)
-    before = restored_params(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    save_small_states(checkpoints, [3])
+    before = restored_small_state(checkpoints)[0].params
     original = checkpointing.ocp.CheckpointManager.save
 
     def full_disk(self, step, *args, **kwargs):
@@ -422,12 +354,16 @@ def test_save_error_is_one_line_and_keeps_checkpoints(image_folder, tmp_path, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return original(self, step, *args, **kwargs)
     monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", full_disk)
-    with pytest.raises(SystemExit) as exit_info, cli.user_errors():
-        training.train_and_evaluate(default_config(**run_config, num_train_steps=6), tmp_path)
+    checkpointer = checkpointing.Checkpointer(checkpoints)  # as the resumed run opens it
+    try:
+        with pytest.raises(SystemExit) as exit_info, cli.user_errors():
+            checkpointer.save(6, small_state(6), 48)
+    finally:
+        checkpointer.close()
     assert exit_info.value.code == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1, lines
     assert lines[0] == (f"error: {tmp_path / 'checkpoints'}: cannot write checkpoint 6 (No space left on "
                         "device); checkpoint 3 is kept; free some space or choose a writable --workdir")
     assert saved_steps(tmp_path) == [3]
-    chex.assert_trees_all_close(restored_params(tmp_path), before, atol=0, rtol=0)
+    chex.assert_trees_all_close(restored_small_state(checkpoints)[0].params, before, atol=0, rtol=0)

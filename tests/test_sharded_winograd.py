@@ -63,7 +63,7 @@ def conv_algorithm(monkeypatch):
 
 
 def initial_state(config, model, optimizer):
-    """create_train_state's state with random parameters drawn in NumPy (as tests/tiny_models.py;
+    """create_train_state's state with random parameters drawn in NumPy (as tests/helpers.py's tiny_model;
     biases non-zero): ``model.init`` with threefry would compile for ~20 s on this CPU."""
     abstract = jax.eval_shape(lambda: create_train_state(config, model, optimizer, jax.random.key(0)))
     rng = np.random.default_rng(0)

@@ -12,14 +12,13 @@ import pytest
 from PIL import Image
 
 from drn_jax import config as config_lib
-from drn_jax.data import create_train_dataset, crops, parse_source, tfds_order
+from drn_jax.data import create_train_dataset, crops, parse_source, tfds_memory, tfds_order
 from drn_jax.data.base import derive_key
 from drn_jax.errors import ConfigError, SourceError
 
 PATCH = 16
 NAME = "drn_jpeg_records"
 SOURCE = f"tfds:{NAME}:train:image"
-_builder_class = None
 
 
 def _jpeg(height: int, width: int, seed: int, **options) -> bytes:
@@ -54,28 +53,12 @@ def jpeg_tfds(tmp_path_factory) -> tuple[str, dict[int, bytes], dict[str, int]]:
     """(data_dir, stored index -> record bytes, name -> stored index)."""
     import tensorflow_datasets as tfds
 
-    global _builder_class
-    if _builder_class is None:
-        class DrnJpegRecords(tfds.core.GeneratorBasedBuilder):
-            VERSION = tfds.core.Version("1.0.0")
-
-            def _info(self):
-                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "name": tfds.features.Text()}))
-
-            def _split_generators(self, dl_manager):
-                return {"train": self._generate_examples()}
-
-            def _generate_examples(self):
-                for name, encoded in _records():
-                    yield name, {"image": encoded, "name": name}  # bytes stored as they are
-
-        _builder_class = DrnJpegRecords
     tfds.disable_progress_bar()
+    features = {"image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "name": tfds.features.Text()}
+    records = ((name, {"image": encoded, "name": name}) for name, encoded in _records())  # bytes as they are
     data_dir = str(tmp_path_factory.mktemp("jpeg_tfds"))
-    builder = _builder_class(data_dir=data_dir)
-    builder.download_and_prepare()
+    builder = tfds_memory.prepare(NAME, data_dir, features, records)
     stored = builder.as_dataset(split="train", shuffle_files=False,
                                 decoders={"image": tfds.decode.SkipDecoding()})
     examples = list(stored.as_numpy_iterator())

@@ -2,8 +2,9 @@
 
 import json
 import pathlib
-import subprocess
-import sys
+import re
+import signal
+import time
 
 import chex
 import jax
@@ -14,41 +15,16 @@ import optax
 import pytest
 from PIL import Image
 
-from drn_jax import config as config_lib
 from drn_jax import loading, model_factory, train_state, training
 from drn_jax.resize import imresize
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """A DRN x4 small enough to train a few steps in seconds."""
-    config = config_lib.base_config()
-    config.model.features = 8
-    config.model.modules_per_block = 1
-    config.data.hr_patch_size = 32
-    config.batch_size = 8
-    config.num_train_steps = 6
-    config.learning_rate = 1e-3
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 3
-    config.eval_every_steps = 3
-    config.data.shuffle_buffer = 16
-    for key, value in overrides.items():
-        config_lib.override(config, key, value)
-    return config
+from helpers import (Run, data_overrides, error_lines, run_train, subprocess_env, tiny_config, tiny_flags,
+                     write_photos)
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> pathlib.Path:
     """Six 48x40 photographs-like images (smooth colour ramps plus texture) and one too small."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[0:40, 0:48]
-    for index in range(6):
-        base = np.stack([rows * 4 + index * 10, cols * 3 + 20, (rows + cols) * 2], axis=-1)
-        noise = rng.integers(0, 40, size=base.shape)
-        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{index}.png")
+    folder = write_photos(tmp_path_factory.mktemp("images"))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "too_small.png")
     return folder
 
@@ -117,12 +93,12 @@ def test_schedule_is_step_decay():
 # ---------------------------------------------------------------------------
 
 def folder_config(folder: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
-    return tiny_config(**{"data.train": f"folder:{folder}", "data.val": f"folder:{folder}",
+    """The tiny run for 6 steps on `folder`, saved and validated every 3."""
+    return tiny_config(**{"num_train_steps": 6, "eval_every_steps": 3, **data_overrides(folder),
                           "data.val_limit": 2, **overrides})
 
 
 def restored_params(workdir: pathlib.Path):
-    from drn_jax import checkpointing
     return loading.load_model(workdir=workdir).variables["params"]
 
 
@@ -133,6 +109,7 @@ def uninterrupted_run(image_folder, tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_checkpoints_logs_and_summary(uninterrupted_run):
     workdir, summary = uninterrupted_run
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
@@ -152,6 +129,7 @@ def test_tiny_run_writes_checkpoints_logs_and_summary(uninterrupted_run):
     assert list((workdir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(uninterrupted_run, image_folder, tmp_path):
     reference_dir, _ = uninterrupted_run
     training.train_and_evaluate(folder_config(image_folder, num_train_steps=3), tmp_path)
@@ -166,20 +144,12 @@ def test_resumed_run_equals_uninterrupted(uninterrupted_run, image_folder, tmp_p
     assert max(jax.tree.leaves(moved)) > 1e-4
 
 
-def run_train(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
+@pytest.mark.slow
 def test_x8_paper_config_runs_on_8_devices(image_folder, tmp_path):
     result = run_train(
-        "--config=configs/x8.py", f"--workdir={tmp_path}",
-        f"--config.data.train=folder:{image_folder}", f"--config.data.val=folder:{image_folder}",
-        "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=8",
-        "--config.model.features=8", "--config.model.modules_per_block=1", "--config.num_train_steps=2",
-        "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2")
+        "--config=configs/x8.py", f"--workdir={tmp_path}", *tiny_flags(
+            num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, **data_overrides(image_folder)),
+        timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 2 and summary["num_devices"] == 8
@@ -188,31 +158,22 @@ def test_x8_paper_config_runs_on_8_devices(image_folder, tmp_path):
     assert "step 2/2" in result.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(image_folder, tmp_path):
-    import os
-    import signal
-    import time
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path}",
-         f"--config.data.train=folder:{image_folder}", f"--config.data.val=folder:{image_folder}",
-         "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=4",
-         "--config.model.features=8", "--config.model.modules_per_block=1",
-         "--config.num_train_steps=100000", "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000",
-         "--config.eval_every_steps=100000"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = Run([f"--workdir={tmp_path}", *tiny_flags(batch_size=4, num_train_steps=100000,
+                                                     checkpoint_every_steps=100000, eval_every_steps=100000,
+                                                     **data_overrides(image_folder))],
+              subprocess_env(devices=1))
     try:
-        for line in process.stdout:  # wait until it is training
-            if line.startswith("step 3/"):
-                break
+        run.wait_for(r"^step 3/", timeout=600)  # training
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
+        run.process.send_signal(signal.SIGTERM)
+        run.finish(timeout=60)
     finally:
-        process.kill()
-    assert process.returncode == 0, err[-2000:]
+        run.process.kill()
+    assert run.process.returncode == 0, run.err[-2000:]
     assert time.monotonic() - started < 60
-    assert "SIGTERM: saved step" in out
+    assert "SIGTERM: saved step" in run.out
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert saved and min(saved) >= 3
 
@@ -230,18 +191,19 @@ def test_bad_input_fails_before_compiling(overrides, message, image_folder, tmp_
         raise AssertionError("compiled before rejecting bad input")
     monkeypatch.setattr(training, "make_train_step", must_not_compile)
     config = folder_config(image_folder, **overrides)
-    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         training.train_and_evaluate(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_empty_folder_is_a_one_line_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_train(f"--workdir={tmp_path / 'run'}", f"--config.data.train=folder:{empty}", timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and str(empty) in error_lines[0], result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and str(empty) in lines[0], result.stderr[-2000:]
 
 
 def test_parameter_ema_follows_its_update_rule():

@@ -51,7 +51,7 @@ def variant_config(name: str) -> ml_collections.ConfigDict:
 
 
 def random_params(model, seed: int = 0):
-    """Random float32 parameters drawn in NumPy (as tests/tiny_models.py), biases non-zero."""
+    """Random float32 parameters drawn in NumPy (as tests/helpers.py's tiny_model), biases non-zero."""
     shapes = jax.eval_shape(model.init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, PATCH // SCALE, PATCH // SCALE, 3), jnp.float32))
     rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from drn_jax import loading, upscale
-from tiny_models import tiny_model
+from helpers import tiny_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -124,6 +124,7 @@ def test_timings_report_the_phases_in_one_json_line(tmp_path, tiny_checkpoint, c
     assert "timings" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_command_line_exit_codes(tmp_path):
     """The real console: bad files exit 1 without a traceback; usage errors exit 2."""
     expected = write_inputs(tmp_path / "in")

@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from drn_jax import image_io, inference, loading, png16, upscale
-from tiny_models import tiny_model
+from helpers import tiny_model
 
 
 def keys(x):

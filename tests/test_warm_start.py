@@ -7,7 +7,7 @@ import pytest
 from drn_jax import config as config_lib
 from drn_jax import model_factory, models, train_state, warm_start, zoo
 from drn_jax.errors import ConfigError
-from tiny_models import tiny_model
+from helpers import tiny_model
 
 
 def _x8_target(features: int = 8) -> tuple[models.DRN, dict]:

@@ -7,14 +7,11 @@ tensorflow`` (and ``tensorflow_datasets``) fail, as on such a machine.
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from helpers import REPO, data_overrides, run_python, subprocess_env, tiny_flags
 
 # As if they were not installed: `import` fails and `importlib.util.find_spec` (which orbax and
 # etils use to probe for TensorFlow) says there is no such module.
@@ -24,27 +21,16 @@ sys.modules["tensorflow"] = None
 sys.modules["tensorflow_datasets"] = None
 '''
 
-TINY = ["--config.model.features=8", "--config.model.modules_per_block=1", "--config.data.hr_patch_size=32",
-        "--config.batch_size=8", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
-        "--config.eval_every_steps=2", "--config.data.val_limit=2"]
-
 
 @pytest.fixture(scope="module")
 def no_tf_env(tmp_path_factory) -> dict:
     hooks = tmp_path_factory.mktemp("no_tf")
     (hooks / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    env.pop("DRN_DEBUG", None)
-    return env
-
-
-def _run(args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess_env(devices=2, PYTHONPATH=f"{hooks}{os.pathsep}{REPO}")
 
 
 def test_the_blocker_blocks(no_tf_env, tmp_path):
-    result = _run(["-c", "import tensorflow"], no_tf_env, tmp_path)
+    result = run_python("-c", "import tensorflow", env=no_tf_env, cwd=tmp_path)
     assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
 
 
@@ -53,19 +39,19 @@ def test_train_resume_and_eval_without_tensorflow(no_tf_env, random_images, tmp_
     images = tmp_path / "images"
     random_images(images, (4, (40, 48, 3)), seed=0)
     workdir = tmp_path / "run"
-    common = [str(REPO / "train.py"), f"--workdir={workdir}", *TINY,
-              f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}"]
+    common = [REPO / "train.py", f"--workdir={workdir}"]
+    tiny = {"checkpoint_every_steps": 2, "eval_every_steps": 2, "data.val_limit": 2, **data_overrides(images)}
 
-    first = _run([*common, "--config.num_train_steps=2"], no_tf_env, tmp_path)
+    first = run_python(*common, *tiny_flags(**tiny, num_train_steps=2), env=no_tf_env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = _run([*common, "--config.num_train_steps=4"], no_tf_env, tmp_path)
+    resumed = run_python(*common, *tiny_flags(**tiny, num_train_steps=4), env=no_tf_env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 2 (data position 16)" in resumed.stdout
     assert json.loads((workdir / "summary.json").read_text())["step"] == 4
     assert any((workdir / "tensorboard").iterdir())  # events written without TensorFlow
 
-    evaluated = _run([str(REPO / "eval.py"), f"--workdir={workdir}", f"--datasets=folder:{images}"],
-                     no_tf_env, tmp_path)
+    evaluated = run_python(REPO / "eval.py", f"--workdir={workdir}", f"--datasets=folder:{images}",
+                           env=no_tf_env, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert results[f"folder:{images}"]["images"] == 4
@@ -99,10 +85,10 @@ def test_accelerator_recipe_trains_the_paper_network_without_tensorflow(config_f
     images = tmp_path / "images"
     random_images(images, (2, (64, 64, 3)), seed=1)
     workdir = tmp_path / "run"
-    result = _run([str(REPO / "train.py"), f"--config={REPO / config_file}:2", f"--workdir={workdir}",
-                   f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}",
-                   "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=2"],
-                  no_tf_env, tmp_path)
+    result = run_python(REPO / "train.py", f"--config={REPO / config_file}:2", f"--workdir={workdir}",
+                        f"--config.data.train=folder:{images}", f"--config.data.val=folder:{images}",
+                        "--config.data.val_limit=1", "--config.data.hr_patch_size=32", "--config.batch_size=2",
+                        env=no_tf_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((workdir / "config.json").read_text())
     scale = 4 if "x4" in config_file else 8
