@@ -23,7 +23,7 @@ import tomllib
 
 import pytest
 
-from test_import_graph import PACKAGE, collect_imports, package_modules
+from package_imports import PACKAGE, collect_imports, package_modules
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
