@@ -20,7 +20,8 @@ One vocabulary, for every entry point, script and benchmark (absl flags, undersc
 
 * ``--output_dir``: the folder a command writes into (``--output``: one output file).
 * ``--data_dir``: a folder of benchmark sets, ``<data_dir>/<Name>/HR/`` (Set5, Set14, ...);
-  ``--train_dir``: a folder of training image folders (``T91/``, ``BSD200/``);
+  ``--train_dir``: training images, a folder of image folders (``T91/``, ``BSD200/``; the
+  benchmarks also take folders, comma-separated);
   ``--tfds_data_dir``: a TFDS data folder (the config's ``data.tfds_data_dir``). Their defaults
   come from `drn_jax.recipes.shared_data_dir` (``$DRN_DATA_DIR``).
 * ``--pretrained`` / ``--checkpoint`` / ``--workdir``: the model (`define_model_flags`);
@@ -28,6 +29,7 @@ One vocabulary, for every entry point, script and benchmark (absl flags, undersc
 * ``--config=FILE[:STEPS]`` and ``--config.<field>=VALUE``: a training config and its overrides.
 * ``--tile`` / ``--tile_overlap``: the tile budget in LR pixels per side (0: whole images) and
   the context around each tile (`define_tile_flags`), the same default everywhere.
+* ``--config_name``: a benchmark's built-in training config (``x4``, ``x8``, ``tiny``).
 * ``--quick``: a smoke-sized run of a script or benchmark.
 * ``--compilation_cache``: see above.
 """
@@ -99,15 +101,48 @@ def exit_status(function: Callable[..., int], *args: Any) -> int:
         return int(stop.code)
 
 
-def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> list[str]:
+_HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def _flag_args(argv: Sequence[str]) -> list[str]:
+    """The arguments before ``--`` (after it, everything is a positional argument)."""
+    rest = list(argv[1:])
+    return rest[:rest.index("--")] if "--" in rest else rest
+
+
+def _own_flags_help(values: flags.FlagValues) -> str:
+    """The help of the main module's flags and of those the package defines for it."""
+    main = values.main_module_help().strip()
+    ours = [values.module_help(name).strip() for name in sorted(values.flags_by_module_dict())
+            if name.split(".")[0] == "drn_jax"]
+    return "\n\n".join(part for part in [main, *ours] if part)
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None, *,
+                description: str | None = None) -> list[str]:
     """absl's flag parsing, with `error: <one line>` and exit status 2 for every bad flag.
 
     Use as ``app.run(main, flags_parser=cli.parse_flags)``, or with a private `flag_values` in a
     console script. Returns the arguments that are not flags (``argv[0]`` first). absl itself
     prints two lines for a bad value, and a traceback for an override of a config field that
     does not exist (ml_collections raises KeyError/AttributeError while parsing).
+
+    ``--help`` (``-h``, ``--helpfull``, ...) prints `description` (default for the global flags:
+    the main module's docstring), a usage line and the flags (the main module's, or with
+    ``--helpfull`` or private flags all of them), and exits with status 0: absl.app's own help
+    flags exit with 1, and private flags have none.
     """
     values = flags.FLAGS if flag_values is None else flag_values
+    asked = [arg for arg in _flag_args(argv) if arg in _HELP_ARGS]
+    if asked:
+        # absl.app's help flags exit with status 1, and private flags (console scripts) have none.
+        if values is flags.FLAGS:
+            description = description or (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+        full = values is not flags.FLAGS or "--helpfull" in asked
+        text = (values.get_help() if full else _own_flags_help(values)).strip()
+        head = f"{description.strip()}\n\n" if description else ""
+        print(f"{head}usage: {pathlib.Path(argv[0]).name} [flags] [arguments]\n\n{text}")
+        sys.exit(0)
     try:
         return values(list(argv))
     except flags.Error as err:
@@ -246,7 +281,10 @@ def console_command(name: str, define_flags: Callable[[flags.FlagValues], None],
     """
     values = flags.FlagValues()
     define_flags(values)
-    rest = parse_flags([name, *(sys.argv[1:] if argv is None else argv)], values)[1:]
+    module = sys.modules.get(getattr(body, "__module__", ""))
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    rest = parse_flags([name, *(sys.argv[1:] if argv is None else argv)], values,
+                       description=doc.split("\n\n")[0] if doc else None)[1:]
     if entry_point and COMPILATION_CACHE_FLAG in values:
         use_compilation_cache(values[COMPILATION_CACHE_FLAG].value)  # process-wide JAX config
     return exit_status(body, rest, values)
@@ -254,8 +292,8 @@ def console_command(name: str, define_flags: Callable[[flags.FlagValues], None],
 
 DEFAULT_TILE = 512
 """The tile budget, LR pixels per side: a 481×321 photo runs as one tile (336×496), which the CPU
-computes faster than three 256-budget tiles (1.9 s against 2.7 s for the shipped x4) at about
-1.1 GB of peak memory instead of 0.7 GB (docs/performance.md, "drn-upscale end to end")."""
+computes faster than the three tiles of a 256 budget, at a higher peak memory (the figures:
+docs/performance.md, "drn-upscale end to end")."""
 
 
 def define_tile_flags(flag_values: flags.FlagValues | None = None) -> tuple[flags.FlagHolder, flags.FlagHolder]:

@@ -2,9 +2,9 @@
 
 Files and folders (searched recursively for PNG, JPEG, BMP, TIFF, WebP and GIF) go in;
 ``<stem>_x<factor>.<png|jpg|webp>`` files come out. Every image runs through
-:class:`drn_jax.inference.Upscaler` in tiles of at most ``--tile²`` LR pixels (256² by default),
-fitted to the image (:func:`drn_jax.inference.plan_tiles`: a 481×321 photo is 3 tiles of
-336×192), so memory stays bounded (the output at its final depth plus one batch of tiles) and
+:class:`drn_jax.inference.Upscaler` in tiles of at most ``--tile²`` LR pixels (``cli.DEFAULT_TILE``² by default),
+fitted to the image (:func:`drn_jax.inference.plan_tiles`: at the default budget a 481×321
+photo is one tile of 336×496), so memory stays bounded (the output at its final depth plus one batch of tiles) and
 images of similar sizes share one compilation; the tile overlap defaults to the network's
 receptive-field radius, which makes the tiled result equal the untiled one. ``--timings``
 prints where a run's time went as one JSON line. A batch of tiles is

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drn_jax import cli, eval_cli, upscale
+from drn_jax import cli, eval_cli, export, pretrained, upscale
 from helpers import (TINY, Run, config_flags, error_lines, photo, run_eval, run_python, run_train,
                      subprocess_env)
 
@@ -262,3 +262,16 @@ def test_upscaler_errors_that_stop_are_one_line(trained, battery, tmp_path, caps
         lines = [line for line in err.splitlines() if "error:" in line]
         assert code == expected and len(lines) == 1 and message in lines[0], (args, err)
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("main, name, flag", [(upscale.main, "Upscales image files", "--tile"),
+                                              (export.main, "Deploying a trained DRN", "--format"),
+                                              (pretrained.main, "", "--name")])
+@pytest.mark.parametrize("arg", ["--help", "-h", "--helpfull"])
+def test_console_scripts_answer_help(main, name, flag, arg, capsys):
+    """A console script's private flags lack absl.app's --help: cli.parse_flags answers it."""
+    with pytest.raises(SystemExit) as stop:
+        main([arg])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(name) and "usage: " in out and f"  {flag}:" in out
