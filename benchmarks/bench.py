@@ -58,10 +58,10 @@ from bench_compare import Variant, alternate_runs, compare_variants, lockstep  #
 from bench_process import REPO, TORCH_PEER, child_env, jax_cmd, run_json, torch_cmd  # noqa: E402
 from bench_report import machine, markdown, write  # noqa: E402
 
-from drn_jax import cli  # noqa: E402
+from drn_jax import cli, recipes  # noqa: E402
 
-TRAIN_DATA = REPO.parent / "shared" / "data" / "train"
-SET14 = REPO.parent / "shared" / "data" / "benchmark"
+TRAIN_DATA = recipes.shared_data_dir() / "train"
+SET14 = recipes.shared_data_dir() / "benchmark"
 
 MALLOCS = ["default", "tuned"]  # glibc's own settings, or bench_process.TUNED_MALLOC
 
@@ -137,12 +137,12 @@ def run_train(suite: Suite, name: str) -> None:
         tcmd = torch_cmd(suite.compare_torch, "train", [
             "--scale", str(4 if variant == "x4" else 8), "--feats", feats, "--blocks", blocks,
             "--batch", batch, "--patch", "96", "--steps", str(suite.steps), "--warmup", str(suite.warmup)])
-    record = suite.alternate(name, jax_cmd("train", "--variant", variant, *suite.common), tcmd, suite.malloc)
+    record = suite.alternate(name, jax_cmd("train", "--config_name", variant, *suite.common), tcmd, suite.malloc)
     record["images_per_s"] = record["batch"] / record["median_s"]
     if "torch_median_s" in record:
         record["torch_images_per_s"] = record["batch"] / record["torch_median_s"]
     if tcmd is not None:
-        record.update(suite.lockstep_fields(["--mode", "train", "--variant", variant, *suite.quick_flag]))
+        record.update(suite.lockstep_fields(["--mode", "train", "--config_name", variant, *suite.quick_flag]))
     suite.emit(record)
 
 
@@ -169,10 +169,10 @@ def run_pipeline(suite: Suite, name: str) -> None:
         suite.emit({"bench": name, "skipped": f"{TRAIN_DATA} not found"})
         return
     seconds = "3" if suite.quick else str(suite.pipeline_seconds)
-    record = suite.measure("pipeline", "--data", str(TRAIN_DATA), "--seconds", seconds)
+    record = suite.measure("pipeline", "--train_dir", str(TRAIN_DATA), "--seconds", seconds)
     step = next((r for r in suite.records if r.get("bench") == "train_x4"), None)
     if step is None:  # the rate the x4 step consumes, measured here if not run above
-        step = suite.measure("train", "--variant", "x4", *suite.common)
+        step = suite.measure("train", "--config_name", "x4", *suite.common)
         step["images_per_s"] = step["batch"] / step["median_s"]
     record["x4_step_images_per_s"] = step["images_per_s"]
     record["one_thread_over_step"] = record["crops_per_s_1_thread"] / step["images_per_s"]
@@ -184,12 +184,12 @@ def run_eval_set14(suite: Suite, name: str) -> None:
     if not (SET14 / "Set14" / "HR").is_dir():
         suite.emit({"bench": name, "skipped": f"{SET14}/Set14/HR not found"})
         return
-    suite.emit({"bench": name, **suite.measure("eval_set14", "--data", str(SET14), *suite.quick_flag)})
+    suite.emit({"bench": name, **suite.measure("eval_set14", "--data_dir", str(SET14), *suite.quick_flag)})
 
 
 def run_variants(suite: Suite, name: str) -> None:
     """variant_<name>: the x4 step against each chosen variant, in lockstep."""
-    argv = ["--mode", "train", "--variant", "x4", *suite.quick_flag]
+    argv = ["--mode", "train", "--config_name", "x4", *suite.quick_flag]
     for record in compare_variants(argv, VARIANTS, suite.variants, suite.lockstep or 6, child_env(suite.malloc)):
         suite.emit(record)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The PyTorch side of ``bench.py``'s lockstep comparisons: a warm server of the peer's step.
 
-    .venv-torch/bin/python benchmarks/bench_peer.py --mode train --variant x4 [--quick]
+    .venv-torch/bin/python benchmarks/bench_peer.py --mode train --config_name x4 [--quick]
     .venv-torch/bin/python benchmarks/bench_peer.py --mode infer --lr_size 128 [--quick]
 
 Started by ``bench.py --compare_torch PYTHON``; speaks ``bench_process.serve``'s protocol. The
@@ -65,11 +65,11 @@ def serve_torch(mode: str, variant: str, lr_size: int, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--variant", choices=("x4", "x8"), default="x4")
+    parser.add_argument("--config_name", choices=("x4", "x8"), default="x4")
     parser.add_argument("--lr_size", type=int, default=128)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    serve_torch(args.mode, args.variant, args.lr_size, args.quick)
+    serve_torch(args.mode, args.config_name, args.lr_size, args.quick)
 
 
 if __name__ == "__main__":

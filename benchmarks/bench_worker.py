@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The JAX side of ``bench.py``: one measurement per process, or a warm server of one step.
 
-    python benchmarks/bench_worker.py train --variant=x4 --steps=10 --warmup=2 [--quick]
-    python benchmarks/bench_worker.py serve_jax --mode=train --variant=x4 [--conv=xla] ...
+    python benchmarks/bench_worker.py train --config_name=x4 --steps=10 --warmup=2 [--quick]
+    python benchmarks/bench_worker.py serve_jax --mode=train --config_name=x4 [--conv=xla] ...
 
 ``bench.py`` starts it; a measurement (``KIND``: one of :data:`WORKERS`) prints one JSON object
 on its last stdout line, with this process's ``peak_rss_mb``; ``serve_jax`` speaks
@@ -41,19 +41,20 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_boolean("remat", False, "config.model.remat", flag_values=values)
     flags.DEFINE_string("conv", "auto", "serve_jax: the models' conv algorithm (auto|winograd|xla)",
                         flag_values=values)
-    flags.DEFINE_enum("variant", "x4", ["x4", "x8", "tiny"], "the training config", flag_values=values)
+    flags.DEFINE_enum("config_name", "x4", ["x4", "x8", "tiny"], "the training config (see train_config)", flag_values=values)
     flags.DEFINE_integer("steps", 10, "timed steps", flag_values=values)
     flags.DEFINE_integer("warmup", 2, "untimed steps first", flag_values=values)
     flags.DEFINE_integer("lr_size", 128, "the LR side of the inference benchmarks", flag_values=values)
     flags.DEFINE_float("seconds", 10.0, "pipeline: seconds per thread count", flag_values=values)
-    flags.DEFINE_string("data", None, "pipeline: a folder of images; eval_set14: the benchmark folder",
+    flags.DEFINE_string("train_dir", None, "pipeline: a folder of images", flag_values=values)
+    flags.DEFINE_string("data_dir", None, "eval_set14: the benchmark folder (<data_dir>/Set14/HR)",
                         flag_values=values)
     flags.DEFINE_boolean("quick", False, "smoke run: small models", flag_values=values)
 
 
 def work_train(args: flags.FlagValues) -> dict:
     """The full jitted training step: compile time, median step time, XLA's temp memory."""
-    config = train_config(args.variant, args.quick)
+    config = train_config(args.config_name, args.quick)
     config.model.dtype = args.dtype
     config.model.remat = args.remat
     compiled, state, batch, compile_s, flops = make_step(config)
@@ -61,7 +62,7 @@ def work_train(args: flags.FlagValues) -> dict:
     times, loss = time_step(compiled, state, batch, warmup=args.warmup, steps=args.steps)
     timing = summary(times)
     return {
-        "config": args.variant, "scale": config.scale, "features": config.model.features,
+        "config": args.config_name, "scale": config.scale, "features": config.model.features,
         "modules_per_block": config.model.modules_per_block, "batch": config.batch_size,
         "hr_patch": config.data.hr_patch_size, "loss": config.loss.name, "dtype": config.model.dtype,
         "devices": jax.device_count(),
@@ -208,8 +209,8 @@ def _gs_and_l1_steps(config, args: flags.FlagValues) -> dict:
 
 
 def work_pipeline(args: flags.FlagValues) -> dict:
-    """HR crops/s of the folder source ``--data`` (patch 96, batch 16) with 1 and 2 threads."""
-    source = f"folder:{args.data}"
+    """HR crops/s of the folder source ``--train_dir`` (patch 96, batch 16) with 1 and 2 threads."""
+    source = f"folder:{args.train_dir}"
     result = {"source": source, "patch": 96, "batch": 16}
     for threads in (1, 2):
         result[f"crops_per_s_{threads}_thread{'s' if threads > 1 else ''}"] = (
@@ -223,7 +224,7 @@ def work_eval_set14(args: flags.FlagValues) -> dict:
     compiles = count_compilations()
     model = models.DRN(4) if not args.quick else models.DRN(4, modules_per_block=2)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    dataset = evaluation.open_dataset("Set14", args.data)
+    dataset = evaluation.open_dataset("Set14", args.data_dir)
     runner = inference.ModelRunner(model)
     upscaler = inference.make_upscaler(runner, variables=variables)
     methods = {"Bicubic": inference.BicubicUpscaler(4), "DRN": upscaler}
@@ -268,7 +269,7 @@ def work_upscale_large(args: flags.FlagValues) -> dict:
 def serve_jax(args: flags.FlagValues) -> None:
     """Serves one training step (``--mode=train``) or one x4 upscale of ``--lr_size``² (``infer``)."""
     if args.mode == "train":
-        config = train_config(args.variant, args.quick)
+        config = train_config(args.config_name, args.quick)
         config.model.dtype = args.dtype
         config.model.remat = args.remat
         config.model.conv = args.conv

@@ -2,8 +2,9 @@
 """Winograd against XLA's convolution on this CPU: the figures behind ``conv="auto"``'s rule.
 
     python benchmarks/conv_choice.py                       # every case, 5 rounds
-    python benchmarks/conv_choice.py --only infer --rounds 7
+    python benchmarks/conv_choice.py --only=infer --rounds=7
     python benchmarks/conv_choice.py --quick               # smoke run, small sizes
+    python benchmarks/conv_choice.py --output=FILE         # also append the JSON lines to FILE
 
 For each case, both algorithms are compiled in one process and then called in alternation
 (``--rounds`` rounds, one call of each per round, after one warm-up call each), so that load
@@ -11,18 +12,17 @@ from other processes falls on both alike; the ratio is of the medians (``xla_s /
 above 1, Winograd is faster). Cases:
 
 * ``infer_F{32,64}``: :class:`drn_jax.inference.ModelRunner` (``DRN.upscale`` with sizes, the
-  path of drn-upscale and evaluation) on one tile of ``--tile`` LR pixels (default 336×192, the
-  tile drn-upscale cuts a 481×321 photo into) and on the whole 481×321 image, x4, batch 1. F 32
+  path of drn-upscale and evaluation) on one tile of ``--tile_shape`` LR pixels (default 336×192, the
+  tile drn-upscale cuts a 481×321 photo into at ``--tile 256``) and on the whole 481×321 image, x4, batch 1. F 32
   R 6 is the shipped x4 model's architecture, F 64 R 7 the paper's.
 * ``train_F{32,64}``: the full jitted x4 training step (:func:`benchmarks.bench._make_step`:
   GS loss, dual, progressive, Adam) at batch 16, HR 96, the PyTorch peer's sizes.
 
-One JSON line per case on stdout (and in ``--out``), a Markdown table on stderr.
+One JSON line per case on stdout (and in ``--output``), a Markdown table on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -30,12 +30,22 @@ import statistics
 import sys
 import time
 
+from absl import app, flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 ALGORITHMS = ("winograd", "xla")
 MODELS = {32: 6, 64: 7}  # features -> residual modules per block
+
+_ONLY = flags.DEFINE_list("only", ["infer", "train"], "infer, train or both (comma-separated)")
+_FEATURES = flags.DEFINE_list("features", ["32", "64"], "feature widths F (32: R 6, 64: R 7)")
+_TILE = flags.DEFINE_string("tile_shape", "336x192", "the inference tile, HxW LR pixels")
+_IMAGE = flags.DEFINE_string("image", "321x481", "the whole inference image, HxW")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "rounds of calls, one call of each algorithm per round")
+_QUICK = flags.DEFINE_bool("quick", False, "smoke run: R 1, small sizes, 2 rounds")
+_OUTPUT = flags.DEFINE_string("output", None, "also append the JSON lines to this file")
 
 
 def _alternate(calls: dict, rounds: int) -> dict[str, list[float]]:
@@ -120,38 +130,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="infer,train", help="infer, train or both (comma-separated)")
-    parser.add_argument("--features", default="32,64", help="feature widths F (32: R 6, 64: R 7)")
-    parser.add_argument("--tile", default="336x192", help="the inference tile, HxW LR pixels")
-    parser.add_argument("--image", default="321x481", help="the whole inference image, HxW")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="smoke run: R 1, small sizes, 2 rounds")
-    parser.add_argument("--out", default=None, help="also append the JSON lines here")
-    args = parser.parse_args()
-    rounds = 2 if args.quick else args.rounds
-    shapes = [tuple(int(v) for v in text.split("x")) for text in (args.tile, args.image)]
-    if args.quick:
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quick = _QUICK.value
+    rounds = 2 if quick else _ROUNDS.value
+    shapes = [tuple(int(v) for v in text.split("x")) for text in (_TILE.value, _IMAGE.value)]
+    if quick:
         shapes = [(48, 32)]
-    kinds = set(args.only.split(","))
+    kinds = set(_ONLY.value)
     rows = []
-    for features in (int(f) for f in args.features.split(",")):
+    for features in (int(f) for f in _FEATURES.value):
         cases = []
         if "infer" in kinds:
-            cases += [lambda shape=shape: infer_case(features, shape, rounds, args.quick) for shape in shapes]
+            cases += [lambda shape=shape: infer_case(features, shape, rounds, quick) for shape in shapes]
         if "train" in kinds:
-            cases.append(lambda: train_case(features, rounds, args.quick))
+            cases.append(lambda: train_case(features, rounds, quick))
         for case in cases:
             row = case()
             rows.append(row)
             line = json.dumps(row)
             print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as file:
+            if _OUTPUT.value:
+                with open(_OUTPUT.value, "a") as file:
                     file.write(line + "\n")
     print(table(rows), file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

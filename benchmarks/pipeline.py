@@ -2,12 +2,12 @@
 """Crops per second of the training stream of a folder source, at 1 and 2 threads.
 
     python benchmarks/pipeline.py                       # ../shared/data/train, else generated images
-    python benchmarks/pipeline.py --data=DIR --seconds=10 --threads=1,2,4
+    python benchmarks/pipeline.py --train_dir=DIR --seconds=10 --threads=1,2,4
     python benchmarks/pipeline.py --cache_bytes=0       # decode every crop's image from its file
 
 Patch 96, batch 16 (the x4 recipe's HR crops). Prints one JSON object:
 ``{"source": ..., "patch": 96, "batch": 16, "crops_per_s_1_thread": ..., "crops_per_s_2_threads": ...}``.
-Without ``../shared/data/train`` (or ``--data``) it writes 64 random 480x320 PNGs into a
+Without ``../shared/data/train`` (or ``--train_dir``) it writes 64 random 480x320 PNGs into a
 temporary folder and measures those. On a shared machine, compare only numbers taken
 back to back.
 """
@@ -25,10 +25,11 @@ import numpy as np
 from absl import flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_DATA = REPO.parent / "shared" / "data" / "train"
 sys.path.insert(0, str(REPO))
 
-from drn_jax import cli, data, image_io  # noqa: E402  (after the path is set)
+from drn_jax import cli, data, image_io, recipes  # noqa: E402  (after the path is set)
+
+TRAIN_DATA = recipes.shared_data_dir() / "train"
 
 
 def measure_throughput(source: str | data.Source, patch_size: int, batch_size: int, seconds: float,
@@ -67,7 +68,7 @@ def generated_folder(root: pathlib.Path, count: int = 64) -> pathlib.Path:
 def define_flags(values: flags.FlagValues) -> None:
     """pipeline.py's flags, in `values` (a private `flags.FlagValues`: bench_worker.py and the
     tests import this module)."""
-    flags.DEFINE_string("data", None, f"folder(s), comma-separated (default {TRAIN_DATA} if present)",
+    flags.DEFINE_string("train_dir", None, f"folder(s), comma-separated (default {TRAIN_DATA} if present)",
                         flag_values=values)
     flags.DEFINE_float("seconds", 5.0, "per thread count", flag_values=values)
     flags.DEFINE_list("threads", ["1", "2"], "thread counts", flag_values=values)
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(rest: list[str], args: flags.FlagValues) -> int:
     if rest:
-        raise ValueError(f"unexpected argument {rest[0]!r}; give the folders with --data")
+        raise ValueError(f"unexpected argument {rest[0]!r}; give the folders with --train_dir")
     with tempfile.TemporaryDirectory() as scratch:
-        if args.data is not None:
-            folders = args.data
+        if args.train_dir is not None:
+            folders = args.train_dir
         elif TRAIN_DATA.is_dir():
             folders = str(TRAIN_DATA)
         else:

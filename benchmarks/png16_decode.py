@@ -2,7 +2,7 @@
 """Decode time of a 16-bit RGB PNG by `drn_jax.png16.decode`, with Pillow's 8-bit decode as the peer.
 
     python benchmarks/png16_decode.py                    # ../shared/data/train/BSD200's first image
-    python benchmarks/png16_decode.py --image FILE --repeats 9
+    python benchmarks/png16_decode.py --image=FILE --repeats=9
 
 The picture (481x321 for BSD200) is made 16-bit (each value * 257, plus noise in the low byte so
 the low bytes are not copies of the high ones) and written three ways: every row with filter 0
@@ -18,7 +18,6 @@ compare only numbers taken in one run. Prints one JSON object: ``{"image": ..., 
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import struct
@@ -29,13 +28,19 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BSD200 = REPO.parent / "shared" / "data" / "train" / "BSD200"
 sys.path.insert(0, str(REPO))
 
-from drn_jax import png16  # noqa: E402  (after the path is set)
+from drn_jax import png16, recipes  # noqa: E402  (after the path is set)
+
+BSD200 = recipes.shared_data_dir() / "train" / "BSD200"
+
+_IMAGE = flags.DEFINE_string("image", None, "an 8-bit RGB picture; default: BSD200's first, else a generated "
+                             "481x321 one")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "decodes of each file; the median is reported")
 
 
 def _filtered(raw: np.ndarray, bpp: int, kind: int) -> np.ndarray:
@@ -106,13 +111,11 @@ def median_ms(function, repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", type=pathlib.Path, default=None,
-                        help="an 8-bit RGB picture; default: BSD200's first, else a generated 481x321 one")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    path = args.image or (min(BSD200.glob("*.png")) if BSD200.is_dir() else None)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    repeats = _REPEATS.value
+    path = pathlib.Path(_IMAGE.value) if _IMAGE.value else (min(BSD200.glob("*.png")) if BSD200.is_dir() else None)
     rng = np.random.default_rng(0)
     if path is None:
         base = np.add.outer(np.arange(321), np.arange(481))[..., None] * np.array([1, 2, 3])
@@ -131,13 +134,13 @@ def main() -> None:
                 with Image.open(file) as image:
                     image.load()
 
-            ours = median_ms(lambda file=file: png16.decode(file), args.repeats)
-            peer = median_ms(with_pillow, args.repeats)
+            ours = median_ms(lambda file=file: png16.decode(file), repeats)
+            peer = median_ms(with_pillow, repeats)
             results[filters] = {"png16_ms": round(ours, 2), "pillow_ms": round(peer, 2),
                                 "ratio": round(ours / peer, 2)}
     print(json.dumps({"image": path.name if path else "generated", "size": [pixels.shape[1], pixels.shape[0]],
-                      "repeats": args.repeats, "files": results}))
+                      "repeats": repeats, "files": results}))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -2,11 +2,11 @@
 """Crops per second of the TFDS training stream on ImageNet-sized JPEGs, before and after.
 
     python benchmarks/tfds_jpeg.py                            # BSD200 from ../shared/data/train
-    python benchmarks/tfds_jpeg.py --data=DIR --batches=100 --rounds=3 --threads=1,2 --patches=96,192
-    python benchmarks/tfds_jpeg.py --data_dir=DIR    # keep the dataset in DIR, to train on it
+    python benchmarks/tfds_jpeg.py --train_dir=DIR --batches=100 --rounds=3 --threads=1,2 --patches=96,192
+    python benchmarks/tfds_jpeg.py --tfds_data_dir=DIR   # keep the dataset in DIR, to train on it
 
 It writes a TFDS dataset (`drn_jax.data.tfds_memory`, real TFRecord files) into a
-temporary folder: every photo under ``--data`` resized to a 500-pixel long side and
+temporary folder: every photo under ``--train_dir`` resized to a 500-pixel long side and
 re-encoded as a JPEG of quality 90 (ImageNet's typical size and quality, 4:2:0 chroma).
 Then it measures, in one process, crops/s of
 
@@ -48,11 +48,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from drn_jax import cli, data, image_io  # noqa: E402  (after the path is set)
+from drn_jax import cli, data, image_io, recipes  # noqa: E402  (after the path is set)
 from drn_jax.data import crops, tfds_memory, tfds_stream  # noqa: E402
 from drn_jax.data.base import derive_key  # noqa: E402
 
-TRAIN_PHOTOS = REPO.parent / "shared" / "data" / "train" / "BSD200"
+TRAIN_PHOTOS = recipes.shared_data_dir() / "train" / "BSD200"
 DATASET = "drn_jpeg_bench"
 
 
@@ -206,7 +206,7 @@ def measure(source: data.Source, create: Callable[..., Any], patch: int, batch: 
 
 def define_flags(values: flags.FlagValues) -> None:
     """tfds_jpeg.py's flags, in `values` (a private `flags.FlagValues`)."""
-    flags.DEFINE_list("data", [str(TRAIN_PHOTOS)], "folder(s) of photos", flag_values=values)
+    flags.DEFINE_list("train_dir", [str(TRAIN_PHOTOS)], "folder(s) of photos", flag_values=values)
     flags.DEFINE_integer("batches", 100, "timed batches per cell and round", flag_values=values)
     flags.DEFINE_integer("rounds", 3, "rounds of every cell, interleaved", flag_values=values)
     flags.DEFINE_list("threads", ["1", "2"], "thread counts", flag_values=values)
@@ -219,7 +219,7 @@ def define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_integer("copies", 8, "records per photo: ImageNet's epochs are long, and tf.data rebuilds "
                          "each epoch's reading pipeline, which 200-record epochs would weigh far more than "
                          "ImageNet's 1.28M do", flag_values=values)
-    flags.DEFINE_string("data_dir", None, "prepare the dataset here and keep it (e.g. to train on it with "
+    flags.DEFINE_string("tfds_data_dir", None, "prepare the dataset here and keep it (e.g. to train on it with "
                         "--config.data.tfds_data_dir); default: a temporary folder", flag_values=values)
 
 
@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(rest: list[str], args: flags.FlagValues) -> int:
     if rest:
-        raise ValueError(f"unexpected argument {rest[0]!r}; give the photo folders with --data")
+        raise ValueError(f"unexpected argument {rest[0]!r}; give the photo folders with --train_dir")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    photos = [path for folder in args.data for path in image_io.list_images(folder)]
+    photos = [path for folder in args.train_dir for path in image_io.list_images(folder)]
     photos = photos * args.copies
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
@@ -242,7 +242,7 @@ def _main(rest: list[str], args: flags.FlagValues) -> int:
     cells = [(t, patch, name) for t in threads for patch in patches for name in variants]
     rates: dict[tuple[int, int, str], list[tuple[float, float]]] = {cell: [] for cell in cells}
     loads = [os.getloadavg()[0]]
-    kept = contextlib.nullcontext(args.data_dir) if args.data_dir else tempfile.TemporaryDirectory()
+    kept = contextlib.nullcontext(args.tfds_data_dir) if args.tfds_data_dir else tempfile.TemporaryDirectory()
     with kept as data_dir:
         spec = build_dataset(data_dir, photos, long_side=args.long_side, quality=args.quality)
         source = data.parse_source(spec, tfds_data_dir=data_dir)
@@ -251,7 +251,7 @@ def _main(rest: list[str], args: flags.FlagValues) -> int:
                 rates[t, patch, name].append(measure(source, variants[name], patch, args.batch, t, args.batches))
             loads.append(os.getloadavg()[0])
     result: dict[str, Any] = {
-        "dataset": f"{len(photos)} records ({args.copies} per photo) of {','.join(args.data)}, "
+        "dataset": f"{len(photos)} records ({args.copies} per photo) of {','.join(args.train_dir)}, "
                    f"{args.long_side}-pixel long side, JPEG quality {args.quality}, as TFDS TFRecords",
         "batch": args.batch, "batches": args.batches, "rounds": args.rounds,
         "load_average": [round(load, 1) for load in loads],

@@ -24,7 +24,7 @@ The programs are the package's own, handed a mesh made from the topology's devic
 
 Single-chip programs depend on the chip only, so they are compiled once per chip type.
 
-For each program it writes one JSON line (``--out``): whether it compiled (or the compiler's
+For each program it writes one JSON line (``--output``): whether it compiled (or the compiler's
 error, in one line), per-device memory from ``compiled.memory_analysis()`` against the chip's
 HBM, FLOPs and bytes accessed per device from ``compiled.cost_analysis()``, the analytic FLOPs
 (`drn_jax.flops`), the roofline time ``max(FLOPs / peak, bytes / bandwidth)`` with the images per
@@ -134,17 +134,17 @@ _MODULES = flags.DEFINE_integer("modules_per_block", 0, "override model.modules_
 _PATCH = flags.DEFINE_integer("hr_patch_size", 0, "override data.hr_patch_size (0: the config's)")
 _TILE = flags.DEFINE_integer("tile", UPSCALE_TILE, "tile: the LR tile side")
 _TRAIN_DTYPE = flags.DEFINE_string("train_dtype", "", "override model.dtype of train/validate (default: the config's)")
-_OUT = flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "tpu_aot.jsonl"), "JSON lines, appended")
+_OUT = flags.DEFINE_string("output", str(REPO / "benchmarks" / "results" / "tpu_aot.jsonl"), "JSON lines, appended")
 _HLO_DIR = flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO text here")
 _TABLE = flags.DEFINE_string("table", "", "print the Markdown tables of this JSON-lines file and exit")
-_REANALYSE = flags.DEFINE_string("reanalyse", "", "recompute --out's HLO-derived fields from the HLO texts "
+_REANALYSE = flags.DEFINE_string("reanalyse", "", "recompute --output's HLO-derived fields from the HLO texts "
                                   "in this folder (--hlo_dir of the runs) and exit")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "--table: also each training step's bytes by network part")
 _CROP_RATES = flags.DEFINE_list("crop_rates", ["1:986", "4:2890"],
                                  "--table: K:crops per CPU second of the tfds: stream (benchmarks/tfds_jpeg.py, "
                                  "docs/performance.md), for the host cores per chip")
 _CROP_HR = flags.DEFINE_integer("crop_hr", 192, "--table: the HR patch those crop rates were measured at")
-_SKIP = flags.DEFINE_bool("skip_compiled", False, "leave out the cells already compiled in --out (a rerun "
+_SKIP = flags.DEFINE_bool("skip_compiled", False, "leave out the cells already compiled in --output (a rerun "
                            "that completes a matrix)")
 _WORKER = flags.DEFINE_string("worker", "", "internal: compile for this topology in this process")
 _TIMEOUT = flags.DEFINE_integer("timeout", 6 * 3600, "seconds per topology process")
@@ -386,7 +386,7 @@ class Worker:
         print(json.dumps(short), flush=True)
 
     def done_before(self, base: dict) -> dict | None:
-        """With --skip_compiled: the record of this cell already in --out, if it compiled."""
+        """With --skip_compiled: the record of this cell already in --output, if it compiled."""
         if not _SKIP.value or not self.out.exists():
             return None
         keys = [k for k in base if k != "conv"]
@@ -504,7 +504,7 @@ class Worker:
         self.emit(summary)
 
     def _compiled_before(self, name: str, remat: bool) -> list[tuple[int, dict]]:
-        """(per-chip batch, record) of the training steps of this config already in ``--out``."""
+        """(per-chip batch, record) of the training steps of this config already in ``--output``."""
         if not self.out.exists():
             return []
         config = load_config(name)

@@ -15,7 +15,7 @@ step that moves most of its bytes (docs/performance.md). Variants of the 3×3 co
   the ``(3, 3, 64, 64)`` one (its zero blocks cost twice the multiply-adds). The same products
   as the direct convolution, summed in another order (checked here on the CPU before compiling).
 
-One JSON line per compile (``--out``): the compiler's FLOPs and bytes (``cost_analysis``), the
+One JSON line per compile (``--output``): the compiler's FLOPs and bytes (``cost_analysis``), the
 optimised HLO's bytes in all memory spaces and in HBM, and its cycle estimates. An experiment,
 not a package feature: the package's convolutions are chosen in ``drn_jax.ops.conv``.
 """
@@ -43,7 +43,7 @@ _VARIANTS = flags.DEFINE_list("variants", ["xla", "packed"], "convolutions: xla,
 _CHECKPOINT = flags.DEFINE_list("checkpoint", ["false"], "jax.checkpoint each module (remat): false, true")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e-4", "a tpu_aot topology; one chip of it is used")
 _TABLE = flags.DEFINE_string("trunk_table", "", "print the Markdown table of this JSON-lines file and exit")
-_RESULT = flags.DEFINE_string("result", str(REPO / "benchmarks" / "results" / "tpu_trunk.jsonl"), "JSON lines")
+_RESULT = flags.DEFINE_string("output", str(REPO / "benchmarks" / "results" / "tpu_trunk.jsonl"), "JSON lines")
 
 FEATURES = 64
 

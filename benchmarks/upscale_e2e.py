@@ -2,8 +2,9 @@
 """The upscaler end to end: whole ``drn-upscale --pretrained x4`` processes on BSD200 photos.
 
     python benchmarks/upscale_e2e.py                                    # JAX only
-    python benchmarks/upscale_e2e.py --torch_python .venv-torch/bin/python   # + the PyTorch peer
-    python benchmarks/upscale_e2e.py --note "training paused"           # recorded in the JSON
+    python benchmarks/upscale_e2e.py --torch_python=.venv-torch/bin/python   # + the PyTorch peer
+    python benchmarks/upscale_e2e.py --note="training paused"           # recorded in the JSON
+    python benchmarks/upscale_e2e.py --output=FILE                      # the JSON elsewhere
 
 Wall time of separate processes, each started as a user would start it, in this order:
 
@@ -32,13 +33,13 @@ folder (``DRN_JAX_COMPILATION_CACHE``, and ``JAX_COMPILATION_CACHE_DIR`` for JAX
 nothing from earlier runs is reused. Each drn-upscale process runs on the CPU with the
 environment it gets (``JAX_PLATFORMS=cpu`` is set when not given).
 
-One JSON object (``--out``, default ``benchmarks/results/upscale_e2e.json``) and a Markdown
-table on stdout, with the load average around each run; compare only within one run.
+One JSON object (``--output``, default ``benchmarks/results/upscale_e2e.json``) and a Markdown
+table on stdout, with the load average around each run; compare only within one run. The warm
+worker (5.) is this script started again with ``--warm_worker=PHOTO``, an internal flag.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -51,12 +52,30 @@ import tempfile
 import textwrap
 import time
 
+from absl import app, flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BSD200 = SHARED / "data" / "train" / "BSD200"
-TORCH_PEER = SHARED / "peers" / "torch_drn.py"
+sys.path.insert(0, str(REPO))
+
+from drn_jax import recipes  # noqa: E402  (after the path is set; light: no JAX)
+
+BSD200 = recipes.shared_data_dir() / "train" / "BSD200"
+TORCH_PEER = REPO.parent / "shared" / "peers" / "torch_drn.py"  # never a dependency
 PHOTO_SHAPES = ((481, 321), (321, 481))  # PIL sizes (width, height) of BSD200's photos
 TARGETS = {"second_s": 4.5, "first_s": 7.0, "folder_over_network": 1.3}
+
+_PHOTO = flags.DEFINE_string("photo", None, "default: the first 481×321 BSD200 photo")
+_FOLDER_SIZE = flags.DEFINE_integer("folder_size", 20, "BSD200 photos in the folder run")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "warm network calls per orientation")
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", None, "a Python with torch (e.g. .venv-torch/bin/python)")
+_NOTE = flags.DEFINE_string("note", "", "recorded in the JSON (e.g. whether the machine was quiet)")
+_OUTPUT = flags.DEFINE_string("output", str(REPO / "benchmarks" / "results" / "upscale_e2e.json"),
+                              "the JSON file written")
+_SKIP = flags.DEFINE_list("skip", [], "comma-separated cases to skip (folder, torch, ...)")
+_PAIRS = flags.DEFINE_integer("pairs", 3, "with --torch_python: second drn-upscale and torch script run in turn "
+                              "this often")
+_WARM_WORKER = flags.DEFINE_string("warm_worker", None, "internal: run as the warm worker on this photo (the "
+                                   "benchmark starts itself so)")
 
 TORCH_SCRIPT = textwrap.dedent('''\
     import json, sys, time
@@ -184,25 +203,15 @@ def warm_worker(photo: str, repeats: int) -> None:
     print(json.dumps({"warm": result}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--photo", default=None, help="default: the first 481×321 BSD200 photo")
-    parser.add_argument("--folder_size", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3, help="warm network calls per orientation")
-    parser.add_argument("--torch_python", default=None, help="a Python with torch (e.g. .venv-torch/bin/python)")
-    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. whether the machine was quiet)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "upscale_e2e.json"))
-    parser.add_argument("--skip", default="", help="comma-separated cases to skip (folder, torch, ...)")
-    parser.add_argument("--pairs", type=int, default=3,
-                        help="with --torch_python: second drn-upscale and torch script run in turn this often")
-    parser.add_argument("--_warm", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args._warm:
-        return warm_worker(args._warm, args.repeats)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _WARM_WORKER.value:
+        return warm_worker(_WARM_WORKER.value, _REPEATS.value)
 
-    skip = set(filter(None, args.skip.split(",")))
-    chosen = photos(args.folder_size)
-    photo = pathlib.Path(args.photo) if args.photo else next(
+    skip = set(filter(None, _SKIP.value))
+    chosen = photos(_FOLDER_SIZE.value)
+    photo = pathlib.Path(_PHOTO.value) if _PHOTO.value else next(
         p for p in chosen if _size(p) == PHOTO_SHAPES[0])
     python = sys.executable
     upscaler = str(pathlib.Path(python).with_name("drn-upscale"))
@@ -229,20 +238,20 @@ def main() -> None:
                                      str(work / "out_folder"), "--overwrite", "--no_progress", "--timings"],
                                     env, "folder")
         if "warm" not in skip:
-            done = subprocess.run([python, __file__, "--_warm", str(photo), "--repeats", str(args.repeats)],
+            done = subprocess.run([python, __file__, f"--warm_worker={photo}", f"--repeats={_REPEATS.value}"],
                                   env=env, capture_output=True, text=True, check=True)
             runs["warm"] = json.loads(done.stdout.strip().splitlines()[-1])["warm"]
-        if args.torch_python and "torch" not in skip:
+        if _TORCH_PYTHON.value and "torch" not in skip:
             from drn_jax import image_io
 
             script = work / "torch_upscale.py"
             script.write_text(TORCH_SCRIPT)
-            torch_command = [args.torch_python, str(script), str(TORCH_PEER), str(photo),
+            torch_command = [_TORCH_PYTHON.value, str(script), str(TORCH_PEER), str(photo),
                              str(work / "torch.png"), str(image_io.PNG_COMPRESS_LEVEL)]
             runs["torch"] = _timed(torch_command, env, "torch")
             # In turn, so that load from elsewhere falls on both alike.
             pairs = [(_timed(command, env, "second"), _timed(torch_command, env, "torch"))
-                     for _ in range(args.pairs)]
+                     for _ in range(_PAIRS.value)]
             runs["pairs"] = [{"drn_upscale_s": a["wall_s"], "torch_s": b["wall_s"],
                               "drn_upscale_cpu_s": a["cpu_s"], "torch_cpu_s": b["cpu_s"],
                               "ratio": a["wall_s"] / b["wall_s"]} for a, b in pairs]
@@ -250,10 +259,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     result = {"photo": photo.name, "lr_size": list(_size(photo)[::-1]), "folder_size": len(chosen),
-              "note": args.note, "load_average_start": runs["import"]["load_average_before"],
+              "note": _NOTE.value, "load_average_start": runs["import"]["load_average_before"],
               "cpu_count": os.cpu_count(), "runs": runs, "targets": TARGETS}
     result["checks"] = _checks(result, chosen)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(_OUTPUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
@@ -337,4 +346,4 @@ def table(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

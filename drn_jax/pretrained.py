@@ -4,7 +4,7 @@ The files and the folder are described in :mod:`drn_jax.zoo`; loading a model go
 :func:`drn_jax.loading.load_model` (``pretrained=NAME``).
 
     python -m drn_jax.pretrained export --workdir runs/x4_291 --name x4 \\
-        --card_from runs/x4_291/eval/results.json --data "T91 + BSD200"
+        --card_from runs/x4_291/eval/results.json --data_description "T91 + BSD200"
     python -m drn_jax.pretrained list
     python eval.py --pretrained=x4 --data_dir=../shared/data/benchmark
     drn-upscale photo.png --output_dir up/ --pretrained x4
@@ -215,7 +215,7 @@ def write_model_card(name: str, path: str | pathlib.Path | None = None) -> pathl
 USAGE = """python -m drn_jax.pretrained COMMAND [flags]
 
   list                     the available models and their scores
-  export --workdir=RUN --name=NAME [--card_from=RUN/eval/results.json] [--data=TEXT] [--notes=TEXT]
+  export --workdir=RUN --name=NAME [--card_from=RUN/eval/results.json] [--data_description=TEXT] [--notes=TEXT]
   card NAME                rewrite NAME.md from NAME.json
 """
 
@@ -225,11 +225,11 @@ def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("name", None, "the model's name, e.g. x4", flag_values=values)
     flags.DEFINE_string("card_from", None, "an eval.py results.json of this run: its scores go into the card",
                         flag_values=values)
-    flags.DEFINE_string("data", None, "what the training data is, e.g. 'T91 + BSD200' (default: the "
+    flags.DEFINE_string("data_description", None, "what the training data is, e.g. 'T91 + BSD200' (default: the "
                         "source's folder names)", flag_values=values)
     flags.DEFINE_string("notes", None, "free text for the model card", flag_values=values)
     flags.DEFINE_string("machine", None, "the training machine, when not this one", flag_values=values)
-    flags.DEFINE_string("dir", None, f"pretrained folder (default: ${zoo.DIRECTORY_ENV} or the package's)",
+    flags.DEFINE_string("pretrained_dir", None, f"pretrained folder (default: ${zoo.DIRECTORY_ENV} or the package's)",
                         flag_values=values)
 
 
@@ -251,10 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(rest: Sequence[str], values: flags.FlagValues) -> int:
     command = rest[0] if rest else None
     if command == "list" and len(rest) == 1:
-        _list(values.dir)
+        _list(values.pretrained_dir)
         return 0
     if command == "card" and len(rest) == 2:
-        print(write_model_card(rest[1], values.dir))
+        print(write_model_card(rest[1], values.pretrained_dir))
         return 0
     if command == "export" and len(rest) == 1:
         if not values.name:
@@ -265,11 +265,11 @@ def _run(rest: Sequence[str], values: flags.FlagValues) -> int:
         card: dict[str, Any] = {}
         if values.card_from:
             card.update(card_from_results(values.card_from))
-        for key in ("data", "notes", "machine"):
-            if values[key].value:
-                card[key] = values[key].value
-        params_path = export(source.location, values.name, card=card, path=values.dir)
-        card_path = write_model_card(values.name, values.dir)
+        for key, flag in (("data", "data_description"), ("notes", "notes"), ("machine", "machine")):
+            if values[flag].value:
+                card[key] = values[flag].value
+        params_path = export(source.location, values.name, card=card, path=values.pretrained_dir)
+        card_path = write_model_card(values.name, values.pretrained_dir)
         print(f"exported {values.name}: {params_path} ({params_path.stat().st_size / 1e6:.2f} MB), "
               f"{params_path.with_suffix('.json')}, {card_path}")
         return 0

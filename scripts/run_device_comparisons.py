@@ -41,11 +41,13 @@ machine with JAX, Flax, optax, orbax, Pillow and tensorboard), in three steps:
 ``estimate`` prints the compiler's count of each setting's step (FLOPs, bytes) at full size and the
 H200 time it implies. ``train --quick`` (a tiny network) is the smoke test
 tests/test_device_comparisons.py runs on the CPU.
+
+The command is the one argument that is not a flag; the four share one set of absl flags
+(drn_jax.cli's vocabulary), each flag's help (``--help``) naming the commands that read it.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -60,6 +62,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -273,8 +276,8 @@ def working_tree_bytes() -> int | None:
                if name and (REPO / os.fsdecode(name)).is_file())
 
 
-def prepare(args: argparse.Namespace) -> int:
-    to: pathlib.Path = args.to
+def prepare(args: types.SimpleNamespace) -> int:
+    to: pathlib.Path = args.pack_dir
     start = time.perf_counter()
     manifest = pack_images(args.train_dir, args.data_dir, to / PACK_NAME)
     versions = copy_packages(to / SITE_NAME)
@@ -322,7 +325,7 @@ def _enable_compilation_cache(folder: pathlib.Path) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def train(args: argparse.Namespace) -> int:
+def train(args: types.SimpleNamespace) -> int:
     start = time.perf_counter()
     deadline = time.monotonic() + 60 * (args.max_minutes - args.score_minutes) if args.max_minutes else None
     variants = plan(args.seeds, args.only)
@@ -331,8 +334,8 @@ def train(args: argparse.Namespace) -> int:
     out: pathlib.Path = args.output_dir
     work = pathlib.Path(tempfile.mkdtemp(prefix="drn-device-data-")) if args.unpack is None else args.unpack
     try:
-        data_dir, benchmark_dir = unpack_images(args.data, work)
-        print(f"unpacked {args.data} in {time.perf_counter() - start:.0f} s", flush=True)
+        data_dir, benchmark_dir = unpack_images(args.pack, work)
+        print(f"unpacked {args.pack} in {time.perf_counter() - start:.0f} s", flush=True)
         configs = {run.name: rc.build_config(run, steps=args.steps, data_dir=data_dir, benchmark_dir=benchmark_dir,
                                              overrides=overrides) for run in runs}
         ex.check_settings(out, configs)
@@ -429,7 +432,7 @@ def write_block(report: pathlib.Path, block: str) -> str:
     return text
 
 
-def report(args: argparse.Namespace) -> int:
+def report(args: types.SimpleNamespace) -> int:
     out = args.output_dir
     if out is not None and not out.is_dir():
         raise FileNotFoundError(f"{out}: no such folder; pass the folder `train --export` wrote")
@@ -449,7 +452,7 @@ def report(args: argparse.Namespace) -> int:
 # The H200 estimate
 # ---------------------------------------------------------------------------
 
-def estimate(args: argparse.Namespace) -> int:
+def estimate(args: types.SimpleNamespace) -> int:
     """Compiles each setting's step for two seeds at full size (XLA's convolutions, as on a GPU)
     and prints the compiler's FLOPs and bytes, and the H200 time they imply for the batch."""
     variants = plan(args.seeds, args.only)
@@ -507,8 +510,8 @@ def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     values["data_dir"].help = "prepare: " + values["data_dir"].help
     flags.DEFINE_string("seeds", ",".join(map(str, DEFAULT_SEEDS)), "train, estimate: seeds of every setting",
                         flag_values=values)
-    flags.DEFINE_string("to", str(DEFAULT_PACK_DIR), "prepare: the folder to carry", flag_values=values)
-    flags.DEFINE_string("data", str(DEFAULT_PACK_DIR / PACK_NAME), "train: the pack `prepare` wrote",
+    flags.DEFINE_string("pack_dir", str(DEFAULT_PACK_DIR), "prepare: the folder to carry", flag_values=values)
+    flags.DEFINE_string("pack", str(DEFAULT_PACK_DIR / PACK_NAME), "train: the pack `prepare` wrote",
                         flag_values=values)
     flags.DEFINE_string("unpack", None, "train: where to unpack the images (default: a temporary folder)",
                         flag_values=values)
@@ -527,13 +530,13 @@ def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
 COMMANDS = ("prepare", "train", "report", "estimate")
 
 
-def _arguments(command: str, values: flags.FlagValues, argv: Sequence[str]) -> argparse.Namespace:
+def _arguments(command: str, values: flags.FlagValues, argv: Sequence[str]) -> types.SimpleNamespace:
     """The flags as the commands read them: paths absolute, seeds parsed, overrides listed."""
-    args = argparse.Namespace(command=command, seeds=parse_seeds(values["seeds"].value),
+    args = types.SimpleNamespace(command=command, seeds=parse_seeds(values["seeds"].value),
                               overrides=ex.config_overrides(values, argv))
     for name in ("steps", "only", "max_minutes", "score_minutes", "quick"):
         setattr(args, name, values[name].value)
-    for name in ("train_dir", "data_dir", "to", "data", "output_dir", "unpack", "export", "report"):
+    for name in ("train_dir", "data_dir", "pack_dir", "pack", "output_dir", "unpack", "export", "report"):
         value = values[name].value
         setattr(args, name, None if value is None else pathlib.Path(value).expanduser().absolute())
     if command == "train" and args.output_dir is None:

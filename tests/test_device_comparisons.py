@@ -291,10 +291,10 @@ def test_device_command_then_report(dc, folders, device_env, tmp_path):
     train, bench = folders
     env, site = device_env
     carry = site.parent
-    assert dc.main(["prepare", "--train_dir", str(train), "--data_dir", str(bench), "--to", str(carry)]) == 0
+    assert dc.main(["prepare", "--train_dir", str(train), "--data_dir", str(bench), "--pack_dir", str(carry)]) == 0
     imports = tmp_path / "imports.json"
     export = tmp_path / "OUT" / "comparisons_8k"
-    command = [sys.executable, str(SCRIPT), "train", "--data", str(carry / "comparisons.tar"),
+    command = [sys.executable, str(SCRIPT), "train", "--pack", str(carry / "comparisons.tar"),
                "--output_dir", str(tmp_path / "runs"), "--export", str(export), "--quick", "--steps", "2",
                "--only", "base,plain", "--max_minutes", "60"]
     result = subprocess.run(command, cwd=REPO, env=env(imports=imports), capture_output=True, text=True, timeout=900)

@@ -49,7 +49,7 @@ def tpu_records(tmp_path_factory):
     command = [sys.executable, str(REPO / "benchmarks" / "tpu_aot.py"), "--topologies=v5e-4",
                "--programs=train,eval", "--configs=x4", f"--batches={BATCH}", "--remat=false",
                f"--features={FEATURES}", f"--modules_per_block={MODULES}", f"--hr_patch_size={PATCH}",
-               "--train_dtype=float32", f"--buckets={SIDE}", f"--out={out}"]
+               "--train_dtype=float32", f"--buckets={SIDE}", f"--output={out}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
