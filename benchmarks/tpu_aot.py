@@ -133,6 +133,8 @@ _FEATURES = flags.DEFINE_integer("features", 0, "override model.features (0: the
 _MODULES = flags.DEFINE_integer("modules_per_block", 0, "override model.modules_per_block (0: the config's)")
 _PATCH = flags.DEFINE_integer("hr_patch_size", 0, "override data.hr_patch_size (0: the config's)")
 _TILE = flags.DEFINE_integer("tile", UPSCALE_TILE, "tile: the LR tile side")
+_CONV = flags.DEFINE_string("conv", "", "override model.conv of train/validate (default: the config's auto): "
+                            "xla or packed")
 _TRAIN_DTYPE = flags.DEFINE_string("train_dtype", "", "override model.dtype of train/validate (default: the config's)")
 _OUT = flags.DEFINE_string("output", str(REPO / "benchmarks" / "results" / "tpu_aot.jsonl"), "JSON lines, appended")
 _HLO_DIR = flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO text here")
@@ -198,6 +200,8 @@ def load_config(name: str):
         config.data.hr_patch_size = _PATCH.value
     if _TRAIN_DTYPE.value:
         config.model.dtype = _TRAIN_DTYPE.value
+    if _CONV.value:
+        config.model.conv = _CONV.value
     return config
 
 
@@ -393,7 +397,8 @@ class Worker:
         for line in reversed(self.out.read_text().splitlines()):
             r = json.loads(line) if line.strip() else {}
             if (r.get("topology") == self.topology.name and r.get("compiled")
-                    and all(r.get(k) == base[k] for k in keys)):
+                    and all(r.get(k) == base[k] for k in keys)
+                    and (not _CONV.value or r.get("conv") == _CONV.value)):
                 return r
         return None
 

@@ -36,8 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.progressive = True
     config.model.image_residual = False  # a LapSRN-style option (docs/method.md#network), off as in the paper
     config.model.dtype = "float32"  # computation dtype; "bfloat16" on accelerators
-    # 3x3 convolutions: auto (Winograd on CPU, XLA's elsewhere), winograd, or xla (backend-neutral;
-    # what exports use). Not part of the parameters: a run can be evaluated with another.
+    # 3x3 convolutions: auto (Winograd on CPU, XLA's elsewhere), winograd, xla (backend-neutral;
+    # what exports use) or packed (two pixels in 128 lanes, for TPUs). Not part of the
+    # parameters: a run can be evaluated with another.
     config.model.conv = "auto"
     config.model.remat = False  # recompute residual modules in the backward pass: less memory
 

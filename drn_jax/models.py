@@ -231,7 +231,8 @@ class DRN(nn.Module):
       conv: how every convolution is computed, one of ``CONV_ALGORITHMS``: ``"auto"`` (Winograd
         F(4×4, 3×3) and a shifted sum for float32 stride-1 convolutions on CPU, XLA's
         convolution elsewhere), ``"winograd"`` (those wherever dtype, stride and channels allow,
-        on any backend) or ``"xla"`` (always XLA's convolution). The same parameters and, up to
+        on any backend), ``"xla"`` (always XLA's convolution) or ``"packed"`` (two pixels packed
+        into 128 lanes where the width is even and F ≤ 64). The same parameters and, up to
         float32 rounding, the same values; see :mod:`drn_jax.ops`. Anything else raises
         ``ValueError`` when the module is constructed.
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from drn_jax import inference, models, ops
+from drn_jax.ops import packed
 
 
 def direct(x, kernel):
@@ -77,6 +78,57 @@ def test_conv3x3_paths():
     assert ops.conv3x3_path(x[..., :3], kernel[:, :, :3], algorithm="winograd") == "xla"
 
 
+def test_packed_kernel_by_hand():
+    """One channel in and out, kernel row ``[1, 2, 3]``: packed column ``a``, input parity ``p``
+    and output parity ``q`` hold original column ``2(a - 1) + p - q + 1`` (0 outside 0..2)."""
+    kernel = jnp.asarray([[1.0, 2.0, 3.0]] * 3).reshape(3, 3, 1, 1)
+    two = np.asarray(packed.packed_kernel(kernel))
+    assert two.shape == (3, 3, 2, 2)
+    # two[h, a] is the (p, q) matrix.
+    np.testing.assert_array_equal(two[0, 0], [[0, 0], [1, 0]])
+    np.testing.assert_array_equal(two[0, 1], [[2, 1], [3, 2]])
+    np.testing.assert_array_equal(two[0, 2], [[0, 3], [0, 0]])
+    np.testing.assert_array_equal(two[2], two[0])
+
+
+@pytest.mark.parametrize("channels_in,channels_out,height,width,dtype", [
+    (64, 64, 5, 8, jnp.float32),   # the trunk's shape: two pixels fill 128 lanes
+    (16, 48, 4, 10, jnp.float32),
+    (64, 64, 6, 6, jnp.bfloat16),  # the accelerator step's dtype
+])
+def test_packed_conv_value_and_gradients_equal_direct_convolution(channels_in, channels_out, height, width,
+                                                                  dtype):
+    x, kernel, bias = operands(channels_in, channels_out, height, width, seed=3)
+    x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+    assert ops.conv3x3_path(x, kernel, algorithm="packed") == "packed"
+    cotangent = jnp.asarray(np.random.default_rng(4).standard_normal((2, height, width, channels_out)), dtype)
+
+    def pulled(conv):
+        value, vjp = jax.vjp(conv, x, kernel, bias)
+        return value, vjp(cotangent)
+
+    expected = pulled(lambda a, k, b: direct(a, k) + b)
+    actual = jax.jit(lambda: pulled(lambda a, k, b: ops.conv3x3(a, k, b, algorithm="packed")))()
+    tolerance = 2e-4 if dtype == jnp.float32 else 0.1  # bfloat16: 8 bits of mantissa, sums of 576 products
+    chex.assert_trees_all_close(jax.tree.map(lambda t: t.astype(jnp.float32), actual),
+                                jax.tree.map(lambda t: t.astype(jnp.float32), expected),
+                                atol=tolerance, rtol=tolerance)
+
+
+def test_packed_applies_to_stride_one_even_widths_of_at_most_64_channels():
+    x, kernel, _ = operands(64, 64, 4, 6)
+    assert ops.conv3x3_path(x, kernel, algorithm="packed") == "packed"
+    assert ops.conv3x3_path(x[:, :, :5], kernel, algorithm="packed") == "xla"  # odd width
+    assert ops.conv3x3_path(x, kernel, stride=2, algorithm="packed") == "xla"
+    wide = jnp.zeros((3, 3, 64, 128))
+    assert ops.conv3x3_path(x, wide, algorithm="packed") == "xla"  # 2 x 128 output lanes: no gain
+    odd = operands(64, 64, 4, 5)
+    np.testing.assert_allclose(ops.conv3x3(odd[0], odd[1], algorithm="packed"), direct(odd[0], odd[1]),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="even width; got 5"):
+        packed.packed_conv3x3(odd[0], odd[1])
+
+
 def test_conv3x3_rejects_an_unknown_algorithm():
     x, kernel, _ = operands(16, 16, 4, 4)
     with pytest.raises(ValueError, match="'auto', 'winograd', 'xla'"):
@@ -115,16 +167,17 @@ def test_drn_outputs_do_not_depend_on_the_algorithm():
     lr = jax.random.uniform(jax.random.key(1), (1, 10, 12, 3))
     variables = models.DRN(4, features=16, modules_per_block=1).init(jax.random.key(0), lr)
     results = {}
-    for algorithm in ("xla", "winograd"):
+    for algorithm in ("xla", "winograd", "packed"):
         model = models.DRN(4, features=16, modules_per_block=1, conv=algorithm)
         loss = lambda params: jnp.mean(model.apply({"params": params}, lr).primal[-1] ** 2)  # noqa: B023
         results[algorithm] = jax.jit(jax.value_and_grad(loss))(variables["params"])
     chex.assert_trees_all_close(results["winograd"], results["xla"], atol=1e-5, rtol=1e-3)
+    chex.assert_trees_all_close(results["packed"], results["xla"], atol=1e-5, rtol=1e-3)
 
 
 def test_conv_attribute_is_validated_and_visible():
-    assert models.CONV_ALGORITHMS == ops.CONV_ALGORITHMS == ("auto", "winograd", "xla")
-    with pytest.raises(ValueError, match="conv must be one of 'auto', 'winograd', 'xla'; got 'bogus'"):
+    assert models.CONV_ALGORITHMS == ops.CONV_ALGORITHMS == ("auto", "winograd", "xla", "packed")
+    with pytest.raises(ValueError, match="conv must be one of 'auto', 'winograd', 'xla', 'packed'; got 'bogus'"):
         models.DRN(4, conv="bogus")
     assert models.DRN(4).conv == "auto"
     model = models.DRN(4, conv="xla")
@@ -175,7 +228,7 @@ def test_auto_resolves_by_platform_width_and_purpose():
     assert resolve("auto", platform="cpu", features=32, training=True) == "winograd"
     assert resolve("auto", platform="cpu", features=64, training=False) == "winograd"
     assert resolve("auto", platform="cpu", features=32, training=False) == "xla"
-    for algorithm in ("winograd", "xla"):  # explicit choices are kept
+    for algorithm in ("winograd", "xla", "packed"):  # explicit choices are kept
         assert resolve(algorithm, platform="tpu", features=64, training=True) == algorithm
         assert resolve(algorithm, platform="cpu", features=32, training=False) == algorithm
     with pytest.raises(ValueError, match="'auto', 'winograd', 'xla'"):

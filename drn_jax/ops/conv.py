@@ -20,8 +20,13 @@ The ``algorithm`` argument (one of :data:`CONV_ALGORITHMS`) says which may be us
   Winograd / shifted sum wherever dtype, stride and channels allow, on any backend.
 ``"xla"``
   Always XLA's convolution.
+``"packed"``
+  XLA's convolution on two pixels packed into the channel axis
+  (:func:`drn_jax.ops.packed.packed_conv3x3`) where it applies (stride 1, an even width, at most
+  64 channels in and out), so that 64-channel features fill a TPU's 128 lanes; XLA's
+  convolution elsewhere. An option for 128-lane accelerators, never chosen by ``"auto"``.
 
-All three give the same values up to float32 rounding (see :mod:`drn_jax.ops.winograd`).
+All four give the same values up to float32 rounding (see :mod:`drn_jax.ops.winograd`).
 Which is faster on a CPU depends on the network, not only on the convolution: a DRN's ``conv``
 of ``"auto"`` is therefore resolved to ``"winograd"`` or ``"xla"`` when the model is built for
 its target (:func:`resolve_conv_algorithm`, called by
@@ -34,12 +39,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from drn_jax.ops.packed import packed_applies, packed_conv3x3
 from drn_jax.ops.winograd import WINOGRAD_MIN_CHANNELS, shifted_sum_conv3x3, winograd_conv3x3
 
 __all__ = ["CONV_ALGORITHMS", "CPU_INFERENCE_WINOGRAD_MIN_FEATURES", "check_conv_algorithm", "conv3x3",
            "conv3x3_path", "pixel_shuffle", "resolve_conv_algorithm"]
 
-CONV_ALGORITHMS = ("auto", "winograd", "xla")
+CONV_ALGORITHMS = ("auto", "winograd", "xla", "packed")
 """The values of :func:`conv3x3`'s ``algorithm`` (and of the DRN modules' ``conv`` attribute)."""
 
 
@@ -86,7 +92,7 @@ convolution below it; training is faster with Winograd at every width measured
 
 def resolve_conv_algorithm(algorithm: str, *, platform: str, features: int, training: bool) -> str:
     """The concrete algorithm, ``"winograd"`` or ``"xla"``, that a DRN's ``conv`` of ``algorithm``
-    stands for when compiled for `platform`; ``"winograd"`` and ``"xla"`` come back unchanged.
+    stands for when compiled for `platform`; any other algorithm comes back unchanged.
 
     ``"auto"`` gives XLA's convolution for every platform but ``"cpu"`` (``"tpu"``, ``"gpu"``,
     ``"cuda"``, ...: the vendors' convolutions beat the Winograd kernels written for a CPU).
@@ -125,9 +131,11 @@ def _winograd_applies(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
 def conv3x3_path(x: jax.Array, kernel: jax.Array, stride: int = 1, algorithm: str = "auto",
                  platform: str | None = None) -> str:
     """Which computation :func:`conv3x3` uses for these arguments: ``"winograd"``,
-    ``"shifted_sum"`` or ``"xla"``, decided from shapes, dtypes and, for ``"auto"``, the
-    `platform` the program is compiled for (default: ``jax.default_backend()``)."""
+    ``"shifted_sum"``, ``"packed"`` or ``"xla"``, decided from shapes, dtypes and, for ``"auto"``,
+    the `platform` the program is compiled for (default: ``jax.default_backend()``)."""
     check_conv_algorithm(algorithm)
+    if algorithm == "packed":
+        return "packed" if packed_applies(x, kernel, stride) else "xla"
     if algorithm == "xla" or not _winograd_applies(x, kernel, stride):
         return "xla"
     if algorithm == "auto" and (platform or jax.default_backend()).lower() != "cpu":
@@ -186,6 +194,8 @@ def _conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, stride:
         return winograd_conv3x3(x, kernel, bias, shuffle)
     if path == "shifted_sum":
         y = shifted_sum_conv3x3(x, kernel)
+    elif path == "packed":
+        y = packed_conv3x3(x, kernel)
     else:
         y = jax.lax.conv_general_dilated(
             x, kernel, (stride, stride), ((1, 1), (1, 1)),
