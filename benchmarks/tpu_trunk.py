@@ -10,10 +10,8 @@ step that moves most of its bytes (docs/performance.md). Variants of the 3×3 co
 
 * ``xla``: ``lax.conv_general_dilated``, what the package runs on TPU;
 * ``packed``: two horizontally neighbouring pixels packed into the channel axis, so that the
-  64-channel features fill the TPU's 128 lanes: ``(B, H, W, 64)`` is read as
-  ``(B, H, W/2, 128)`` (a reshape) and convolved with a ``(3, 3, 128, 128)`` kernel built from
-  the ``(3, 3, 64, 64)`` one (its zero blocks cost twice the multiply-adds). The same products
-  as the direct convolution, summed in another order (checked here on the CPU before compiling).
+  64-channel features fill the TPU's 128 lanes (:mod:`drn_jax.ops.packed`, the package's
+  ``model.conv="packed"``; checked here on the CPU before compiling).
 
 One JSON line per compile (``--output``): the compiler's FLOPs and bytes (``cost_analysis``), the
 optimised HLO's bytes in all memory spaces and in HBM, and its cycle estimates. An experiment,
@@ -43,46 +41,17 @@ _VARIANTS = flags.DEFINE_list("variants", ["xla", "packed"], "convolutions: xla,
 _CHECKPOINT = flags.DEFINE_list("checkpoint", ["false"], "jax.checkpoint each module (remat): false, true")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e-4", "a tpu_aot topology; one chip of it is used")
 _TABLE = flags.DEFINE_string("trunk_table", "", "print the Markdown table of this JSON-lines file and exit")
-_RESULT = flags.DEFINE_string("output", str(REPO / "benchmarks" / "results" / "tpu_trunk.jsonl"), "JSON lines")
+# --output is tpu_aot's flag (imported above), with this benchmark's own file as its default.
+flags.FLAGS.set_default("output", str(REPO / "benchmarks" / "results" / "tpu_trunk.jsonl"))
 
 FEATURES = 64
 
 
-def _selection():
-    import numpy as np
+def conv_of(variant: str):
+    """The package's 3×3 convolution by this algorithm (``xla`` or ``packed``)."""
+    from drn_jax import ops
 
-    # S[a, p, q, j] = 1 where packed column offset a - 1, input parity p and output parity q
-    # reach the original kernel column j = 2(a - 1) + p - q + 1.
-    s = np.zeros((3, 2, 2, 3), np.float32)
-    for a in range(3):
-        for p in range(2):
-            for q in range(2):
-                j = 2 * (a - 1) + p - q + 1
-                if 0 <= j <= 2:
-                    s[a, p, q, j] = 1
-    return s
-
-
-def xla_conv(x, kernel, bias):
-    import jax
-
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
-
-
-def packed_conv(x, kernel, bias):
-    import jax
-    import jax.numpy as jnp
-
-    n, h, w, c = x.shape
-    k = kernel.shape[-1]
-    packed = jnp.einsum("apqj,hjck->hapcqk", jnp.asarray(_selection(), kernel.dtype), kernel).reshape(3, 3, 2 * c, 2 * k)
-    y = jax.lax.conv_general_dilated(x.reshape(n, h, w // 2, 2 * c), packed, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y.reshape(n, h, w, k) + bias
-
-
-CONVS = {"xla": xla_conv, "packed": packed_conv}
+    return lambda x, kernel, bias: ops.conv3x3(x, kernel, bias, algorithm=variant)
 
 
 def trunk_step(conv, remat: bool):
@@ -118,7 +87,7 @@ def check_packed() -> float:
     def f(conv):
         return jax.value_and_grad(lambda x, w, b: jnp.sum(jnp.sin(conv(x, w, b))), argnums=(0, 1, 2))(x, w, b)
 
-    (va, ga), (vp, gp) = f(xla_conv), f(packed_conv)
+    (va, ga), (vp, gp) = f(conv_of("xla")), f(conv_of("packed"))
     return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip((va, *ga), (vp, *gp)))
 
 
@@ -136,14 +105,14 @@ def worker() -> int:
     placed = jax.sharding.SingleDeviceSharding(device)
     params = [tuple(jax.ShapeDtypeStruct(shape, jnp.float32, sharding=placed)
                     for shape in ((3, 3, FEATURES, FEATURES), (FEATURES,)) * 2) for _ in range(_MODULES.value)]
-    out = pathlib.Path(_RESULT.value)
+    out = pathlib.Path(flags.FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     for batch in map(int, _IMAGES.value):
         x = jax.ShapeDtypeStruct((batch, _SIDE.value, _SIDE.value, FEATURES), jnp.bfloat16, sharding=placed)
         for remat in (value.lower() == "true" for value in _CHECKPOINT.value):
             for variant in _VARIANTS.value:
                 start = time.perf_counter()
-                compiled = trunk_step(CONVS[variant], remat).lower(params, x).compile()
+                compiled = trunk_step(conv_of(variant), remat).lower(params, x).compile()
                 costs = compiled.cost_analysis()
                 costs = costs[0] if isinstance(costs, (list, tuple)) else costs
                 module = hlo_text.parse_module(compiled.as_text())

@@ -1,9 +1,10 @@
 """The command-line vocabulary of drn_jax/cli.py's docstring, checked in the source of every script.
 
 Every entry point, script and benchmark parses absl flags (``--output_dir``, ``--output``,
-``--quick``, ``--data_dir``, ...). This reads the files with `ast` (it imports none of them) and
-checks that none imports argparse, but benchmarks/bench_peer.py (it runs in a torch-only
-environment without absl), and that none defines a flag under a retired name.
+``--quick``, ``--data_dir``, ...). This reads the files with `ast` and checks that none imports
+argparse, but benchmarks/bench_peer.py (it runs in a torch-only environment without absl), and
+that none defines a flag under a retired name; then it runs each file's top level once, in one
+subprocess, to see that no flag is defined twice.
 """
 
 from __future__ import annotations
@@ -86,3 +87,26 @@ def test_no_argparse(relative):
 def test_no_retired_flag_names(relative):
     retired = sorted(defined_flags(_parse(relative)) & RETIRED)
     assert not retired, f"{relative} defines retired flags {retired}; see drn_jax/cli.py's vocabulary"
+
+
+def test_each_script_defines_its_flags_once():
+    """Running each file's top level (as absl does before parsing) defines every flag once: a
+    script that imports another (tpu_trunk imports tpu_aot) must not define a flag name twice,
+    which absl reports only when the script starts (DuplicateFlagError)."""
+    import subprocess
+    import sys
+
+    files = [f for f in scanned_files() if f not in ARGPARSE_ALLOWED]  # bench_peer needs torch
+    code = ("import runpy, sys\nsys.path[:0] = ['benchmarks', 'scripts']\n"
+            "for f in sys.argv[1:]:\n"
+            "    from absl import flags\n"
+            "    for name in list(flags.FLAGS):\n"  # a fresh flag registry per file
+            "        delattr(flags.FLAGS, name)\n"
+            "    try:\n"
+            "        runpy.run_path(f, run_name='flag_check')\n"
+            "    except flags.DuplicateFlagError as err:\n"
+            "        print(f'{f}: {err}')\n")
+    out = subprocess.run([sys.executable, "-c", code, *files], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", out.stdout
