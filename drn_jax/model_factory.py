@@ -22,7 +22,7 @@ def create_model(config: ml_collections.ConfigDict | Mapping[str, Any], *, platf
     ``config.model.conv = "auto"`` is resolved here to ``"winograd"`` or ``"xla"``
     (:func:`drn_jax.ops.resolve_conv_algorithm`): XLA's convolution for every platform but
     the CPU; on a CPU, the faster of the two for this feature width, for training or for
-    inference. An explicit ``"winograd"`` or ``"xla"`` is kept.
+    inference. An explicit ``"winograd"``, ``"xla"`` or ``"packed"`` is kept.
 
     Args:
       config: ``scale`` and ``model.*``.
