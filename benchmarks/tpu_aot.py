@@ -469,7 +469,9 @@ class Worker:
             config.scale, config.data.hr_patch_size // config.scale, global_batch // n, config.model.features,
             config.model.modules_per_block, config.model.dual, config.model.progressive,
             training=True, remat=remat)
-        return self.compile(lower, base, global_batch // n, analytic)
+        record = self.compile(lower, base, global_batch // n, analytic)
+        record["floor_bytes_per_image"] = floor_bytes_per_image(record)
+        return record
 
     def largest_batch(self, name: str, remat: bool, known: dict | None) -> None:
         """Compiles at growing per-chip batches (a linear memory model from the compiles so far)
@@ -641,9 +643,36 @@ def latest_records(path: str) -> list[dict]:
         r = json.loads(line)
         key = (r["topology"], r["program"], r.get("config"), r.get("global_batch"), r.get("remat"),
                r.get("lr_side"), r.get("dtype"), r.get("hr"), r.get("features"), r.get("modules_per_block"),
-               r.get("search"))
+               r.get("search"), r.get("conv"))
         cells[key] = r
     return list(cells.values())
+
+
+def floor_bytes_per_image(r: dict) -> int:
+    """A training record's layer-by-layer floor of feature-map bytes per image
+    (`drn_jax.flops.expected_activation_bytes`, at the record's dtype)."""
+    from drn_jax import flops
+
+    config = load_config(r["config"])
+    width = 2 if r.get("dtype") in ("bfloat16", "float16") else 4
+    layers = flops.conv_layers(config.scale, r["hr"] // config.scale, r["features"], r["modules_per_block"],
+                               config.model.dual, config.model.progressive)
+    return flops.expected_activation_bytes(layers, training=True, remat=r["remat"], bytes_per_value=width)
+
+
+def floor_table(train: list[dict]) -> list[str]:
+    """Bytes per image of each compiled step against the layer-by-layer floor."""
+    lines = ["Bytes per image against the floor of reading and writing each feature map once per "
+             "convolution (`drn_jax.flops.expected_activation_bytes`)", "",
+             "| config | slice | images per chip | remat | conv | MB per image: `cost_analysis` / HBM (HLO) "
+             "| floor, MB | HBM over floor |", "|---|---|---|---|---|---|---|---|"]
+    for r in train:
+        if r.get("compiled") and r.get("hbm_bytes_per_image"):
+            floor = r.get("floor_bytes_per_image") or floor_bytes_per_image(r)
+            lines.append(f"| {r['config']} | {r['topology']} | {r['per_chip_batch']} | {str(r['remat']).lower()} "
+                         f"| {r.get('conv') or '-'} | {r['bytes_per_image'] / 1e6:.0f} / {r['hbm_bytes_per_image'] / 1e6:.0f} "
+                         f"| {floor / 1e6:.0f} | {r['hbm_bytes_per_image'] / floor:.2f}× |")
+    return lines
 
 
 def table(path: str) -> str:
@@ -669,6 +698,7 @@ def table(path: str) -> str:
             fails = [t["per_chip_batch"] for t in same if not (t.get("compiled") and t.get("fits", True))]
             lines.append(f"| {r['config']} | {r['topology']} | {str(r['remat']).lower()} | {max(fits, default='-')} "
                          f"| {min(fails) if fails else 'none compiled'} |")
+    lines += ["", *floor_table(train)]
     if _BREAKDOWN.value:
         for r in train:
             if r.get("compiled") and r.get("bytes_by_layer"):

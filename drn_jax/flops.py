@@ -12,6 +12,11 @@ Training (:func:`expected_flops` with ``training=True``) is the forward pass plu
 convolution, the gradient of its kernel and of its input, each a convolution of the forward's
 size, so 3× the forward, except that the head convolution's input (the LR image) needs no
 gradient. ``remat`` recomputes the residual modules' forward pass in the backward pass.
+
+:func:`expected_activation_bytes` is the memory traffic of the same convolutions run one after
+another, each reading its input and writing its output once (elementwise work fused into them,
+parameters left out): a floor for any schedule that keeps no feature map on the chip from one
+convolution to the next, against which a compiler's byte count can be read.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import dataclasses
 
 from drn_jax.scales import num_levels
 
-__all__ = ["ConvLayer", "conv_layers", "expected_flops", "expected_macs"]
+__all__ = ["ConvLayer", "conv_layers", "expected_activation_bytes", "expected_flops", "expected_macs"]
 
 IMAGE_CHANNELS = 3  # as drn_jax.models.IMAGE_CHANNELS (models imports Flax; this module does not)
 
@@ -41,6 +46,11 @@ class ConvLayer:
     channels_in: int
     channels_out: int
     pixels: int
+
+    @property
+    def input_pixels(self) -> int:
+        """Input pixels: ``pixels``, or 4× for the dual blocks' stride-2 ``down`` convolution."""
+        return 4 * self.pixels if self.name.endswith("/down") else self.pixels
 
     @property
     def macs(self) -> int:
@@ -110,3 +120,27 @@ def expected_flops(scale: int, lr_size: int | tuple[int, int], batch: int = 1, f
     layers = conv_layers(scale, lr_size, features, modules_per_block, dual, progressive,
                          upscale_only=upscale_only)
     return 2 * batch * expected_macs(layers, training=training, remat=remat)
+
+
+def expected_activation_bytes(layers: list[ConvLayer], *, training: bool = False, remat: bool = False,
+                              bytes_per_value: int = 2) -> int:
+    """Bytes of feature maps that ``layers`` read and write for one image, each convolution
+    reading its input once and writing its output once (the floor described in the module
+    docstring; ``bytes_per_value`` 2 for bfloat16).
+
+    Forward, per convolution: its input and its output. With ``training``, the backward pass
+    also reads the output's gradient, reads the input again (for the kernel's gradient) and
+    writes the input's gradient (not for the head, whose input is the image); ``remat`` reads
+    and writes the residual modules' forward maps once more.
+    """
+    def forward(layer: ConvLayer) -> int:
+        return layer.channels_in * layer.input_pixels + layer.channels_out * layer.pixels
+
+    values = sum(forward(layer) for layer in layers)
+    if training:
+        for layer in layers:
+            gradient_in = 0 if layer.kind == "head" else layer.channels_in * layer.input_pixels
+            values += layer.channels_out * layer.pixels + layer.channels_in * layer.input_pixels + gradient_in
+        if remat:
+            values += sum(forward(layer) for layer in layers if layer.kind == "residual")
+    return bytes_per_value * values

@@ -27,6 +27,22 @@ def test_paper_x4_forward_by_hand():
     assert flops.expected_flops(4, 24, 16, training=True) == 2 * 16 * (3 * forward - head)
 
 
+def test_activation_bytes_by_hand():
+    # x2 (one level), F 4, R 1, LR 2×2 (4 pixels): values read + written per convolution, forward:
+    # head 3·4 + 4·4, two residual 4·4 + 4·4, upsample 4·4 + 16·4, to_rgb 4·16 + 3·16 (at 4×4),
+    # dual down 3·16 + 4·4 (stride 2 from the 4×4 image), dual to_rgb 4·4 + 3·4.
+    forward = (12 + 16) + 2 * (16 + 16) + (16 + 64) + (64 + 48) + (48 + 16) + (16 + 12)
+    assert forward == 376
+    # Backward: the output's gradient, the input again and the input's gradient (none for the head).
+    backward = (16 + 12) + 2 * (16 + 16 + 16) + (64 + 16 + 16) + (48 + 64 + 64) + (16 + 48 + 48) + (12 + 16 + 16)
+    assert backward == 552
+    layers = flops.conv_layers(2, 2, features=4, modules_per_block=1)
+    assert flops.expected_activation_bytes(layers) == 2 * forward
+    assert flops.expected_activation_bytes(layers, training=True) == 2 * (forward + backward)
+    assert flops.expected_activation_bytes(layers, training=True, remat=True) == 2 * (forward + backward + 64)
+    assert flops.expected_activation_bytes(layers, bytes_per_value=4) == 4 * forward
+
+
 def test_upscale_skips_dual_blocks_and_intermediate_images():
     # x2 F 4 R 1 on a 5×3 image: head, 2 residual convs, upsample, to_rgb at 10×6.
     macs = 9 * 3 * 4 * 15 + 2 * 9 * 4 * 4 * 15 + 9 * 4 * 16 * 15 + 9 * 4 * 3 * 60
