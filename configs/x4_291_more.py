@@ -23,10 +23,7 @@ DEFAULT_STEPS = 8_000
 
 def get_config(steps: str | None = None):
     config = recipes.cpu_291(base_config(), scale=4, hr_patch_size=64)  # stage 1's recipe
-    recipes.with_steps(config, steps or DEFAULT_STEPS, decay_every=5 / 12)
-    config.init_from = "x4"
-    config.learning_rate = 2e-4
-    config.seed = 1  # other crops than stage 1's first 8k steps (the stream is a function of the seed)
+    recipes.later_stage(config, steps or DEFAULT_STEPS, init_from="x4", seed=1)  # seed: other crops than stage 1's
     config.checkpoint_every_steps = 1_000
     config.log_every_steps = 100
     config.eval_every_steps = 1_000

@@ -25,10 +25,7 @@ DEFAULT_STEPS = 3_000
 
 def get_config(steps: str | None = None):
     config = recipes.cpu_291(base_config(), scale=4, hr_patch_size=128)  # stage 1's recipe, larger crops
-    recipes.with_steps(config, steps or DEFAULT_STEPS, decay_every=5 / 12)
-    config.init_from = "x4"
-    config.learning_rate = 2e-4
-    config.seed = 2
+    recipes.later_stage(config, steps or DEFAULT_STEPS, init_from="x4", seed=2)
     config.checkpoint_every_steps = 500
     config.log_every_steps = 50
     config.eval_every_steps = 500

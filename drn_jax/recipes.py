@@ -15,7 +15,8 @@ import ml_collections
 
 from drn_jax.errors import ConfigError
 
-__all__ = ["DATA_DIR_ENV", "cpu_291", "paper_network", "shared_data_dir", "t91_bsd200", "with_steps"]
+__all__ = ["DATA_DIR_ENV", "cpu_291", "later_stage", "paper_network", "shared_data_dir", "t91_bsd200",
+           "with_steps"]
 
 DATA_DIR_ENV = "DRN_DATA_DIR"
 _REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
@@ -108,4 +109,17 @@ def cpu_291(config: ml_collections.ConfigDict, *, scale: int, hr_patch_size: int
     config.ema_decay = 0.999
     config.keep_checkpoints = 3
     config.seed = 0
+    return config
+
+
+def later_stage(config: ml_collections.ConfigDict, steps: int | str, *, init_from: str, seed: int,
+                learning_rate: float = 2e-4) -> ml_collections.ConfigDict:
+    """A later stage of a shipped model's training (configs/x4_291_more.py and the ``_patch``
+    configs): a warm start from `init_from`, Adam restarted at `learning_rate` (below stage 1's
+    peak, which would first undo part of what it reached) with x0.3 decays at 5/12 and 10/12 of
+    `steps`, and a `seed` of its own, so that its crops differ from the earlier stages'."""
+    with_steps(config, steps, decay_every=5 / 12)
+    config.init_from = init_from
+    config.learning_rate = learning_rate
+    config.seed = seed
     return config
