@@ -103,7 +103,7 @@ def test_report_block_from_run_folders_and_kept_by_the_comparisons_report(rp, tm
     # Without run folders (a fresh checkout), the pilot sections are kept and the final runs are
     # rewritten from the cards.
     before = report.read_text()
-    stale = before.replace(f"| `x8` | `configs/x8_291.py`", "| `x8` | `configs/stale.py`")
+    stale = before.replace(f"| `x8` | `configs/{card['source']}.py`", "| `x8` | `configs/stale.py`")
     assert stale != before
     report.write_text(stale)
     rp.write_report(tmp_path / "absent", report)
