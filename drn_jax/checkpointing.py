@@ -4,21 +4,7 @@ Layout of a run: ``<workdir>/config.json`` and ``<workdir>/checkpoints/<step>/``
 items, ``state`` (the whole `TrainState`) and ``data`` (the input stream's position of
 every process, so a resumed run reads the same batches as an uninterrupted one).
 
-What survives a crash:
-
-* Orbax writes each step into ``<step>.orbax-checkpoint-tmp`` and renames it when
-  complete, so a crash (``kill -9``, preemption) during a save never leaves a checkpoint
-  that `latest_step` would pick. Leftover temporary folders are deleted when the next run
-  opens the folder.
-* A finished checkpoint that cannot be read (e.g. files truncated by a power loss) is
-  skipped with a warning, the run resumes from the newest one that can be read, and the
-  unreadable step folder is renamed ``<step>.unreadable`` (kept for inspection, never deleted).
-* Resuming into a config whose model differs from the saved one is refused before
-  anything is restored or compiled (`check_compatible`).
-* Errors writing a checkpoint (full disk, read-only folder) are one-line `OSError`\\s naming
-  the folder; the earlier checkpoints are untouched (orbax deletes old steps only after a
-  new one is complete). Orbax also logs such a failure, with tracebacks, from its background
-  threads; entry points that want one line only install `drn_jax.orbax_noise`'s filter.
+What survives a crash: docs/internals.md#checkpoints-and-crashes.
 """
 
 from __future__ import annotations

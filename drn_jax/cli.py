@@ -1,37 +1,20 @@
 """What the command-line tools share: absl flags with underscores, and errors as one line.
 
-Every entry point (train.py, eval.py, drn-upscale, ``python -m drn_jax.pretrained``) parses its
-flags with :func:`parse_flags` and runs inside :func:`user_errors`, the one error printer:
-``error: <one line>`` on stderr, exit status 2 for what the user can fix, 1 for a run that
-stopped by itself. Set DRN_DEBUG=1 for the traceback instead.
+Every entry point parses its flags with :func:`parse_flags`, runs inside :func:`user_errors`
+(``error: <one line>``, exit 2 for what the user can fix) and, where it compiles, turns on the
+persistent compilation cache (:func:`use_compilation_cache`); library code never does.
 
-The entry points that compile (train.py, eval.py, drn-upscale, drn-export) also turn on JAX's
-persistent compilation cache with :func:`use_compilation_cache`, so that a second run of a
-command loads its programs instead of compiling them. Where it lives, first match wins:
+The one vocabulary of every entry point, script and benchmark:
 
-1. the flag ``--compilation_cache=PATH`` (``--compilation_cache=off`` or ``=''``: no cache),
-2. the environment variable ``DRN_JAX_COMPILATION_CACHE`` (same values),
-3. JAX's own setting, when ``JAX_COMPILATION_CACHE_DIR`` is set,
-4. ``$XDG_CACHE_HOME/drn-jax/xla``, else ``~/.cache/drn-jax/xla``.
+* ``--output_dir`` (a folder written into) and ``--output`` (one file);
+* ``--data_dir`` (benchmark sets, ``<data_dir>/<Name>/HR/``), ``--train_dir`` (training image
+  folders), ``--tfds_data_dir`` (a TFDS folder), defaulting to `drn_jax.recipes.shared_data_dir`;
+* ``--pretrained`` / ``--checkpoint`` / ``--workdir`` (the model, `define_model_flags`);
+* ``--config=FILE[:STEPS]`` and ``--config.<field>=VALUE``; ``--config_name`` (a benchmark's
+  built-in config); ``--tile`` / ``--tile_overlap`` (`define_tile_flags`); ``--quick``;
+  ``--compilation_cache``.
 
-Library code never sets it: it is process-wide JAX state.
-
-One vocabulary, for every entry point, script and benchmark (absl flags, underscores):
-
-* ``--output_dir``: the folder a command writes into (``--output``: one output file).
-* ``--data_dir``: a folder of benchmark sets, ``<data_dir>/<Name>/HR/`` (Set5, Set14, ...);
-  ``--train_dir``: training images, a folder of image folders (``T91/``, ``BSD200/``; the
-  benchmarks also take folders, comma-separated);
-  ``--tfds_data_dir``: a TFDS data folder (the config's ``data.tfds_data_dir``). Their defaults
-  come from `drn_jax.recipes.shared_data_dir` (``$DRN_DATA_DIR``).
-* ``--pretrained`` / ``--checkpoint`` / ``--workdir``: the model (`define_model_flags`);
-  ``--workdir`` is ``runs/default`` when no source is given, as train.py's.
-* ``--config=FILE[:STEPS]`` and ``--config.<field>=VALUE``: a training config and its overrides.
-* ``--tile`` / ``--tile_overlap``: the tile budget in LR pixels per side (0: whole images) and
-  the context around each tile (`define_tile_flags`), the same default everywhere.
-* ``--config_name``: a benchmark's built-in training config (``x4``, ``x8``, ``tiny``).
-* ``--quick``: a smoke-sized run of a script or benchmark.
-* ``--compilation_cache``: see above.
+How it works: docs/internals.md#the-command-line-tools.
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
 """Benchmark evaluation under the community protocol, and the validator used during training.
 
-The protocol (docs/method.md#evaluation), applied to every image:
+Mod-crop, MATLAB bicubic LR, the method's 8-bit output, Y-channel PSNR / SSIM / gradient PSNR
+with ``scale`` pixels shaved; :func:`write_results` writes the tables. eval.py's options are
+`drn_jax.eval_cli`.
 
-1. the HR image is mod-cropped to a multiple of the scale (:func:`drn_jax.resize.modcrop`);
-   greyscale files are read as RGB with the grey value replicated, which leaves Y unchanged;
-2. the LR input is MATLAB ``imresize(HR, 1/scale, 'bicubic')`` rounded to uint8
-   (:func:`drn_jax.resize.imresize_host`);
-3. the method's output is rounded to uint8 (:mod:`drn_jax.inference`): for a DRN, the true
-   output of the unpadded image (the size-bucket padding changes no output value);
-4. PSNR, SSIM and gradient PSNR on the Y channel with ``scale`` pixels shaved
-   (:func:`drn_jax.metrics.score_y_host`), averaged over the images of a dataset.
-
-Steps 2 and 4 run in NumPy on the host: every image has a shape of its own, and jitted
-versions would compile for each (a Set14 pass compiled 26 times, for 3 network compilations).
-
-Datasets are ``<data_dir>/<Name>/HR/`` image folders (Set5, Set14, B100, Urban100, Manga109) or
-source strings of :mod:`drn_jax.data` (``samples:val``, ``folder:PATH``, ``tfds:...``).
-
-:func:`write_results` writes ``results.json`` (``{"<dataset>": {"psnr", "ssim",
-"gradient_psnr", "images"}}`` for the evaluated method, metadata under ``"_meta"``),
-``results.md`` (the table in the paper's layout) and ``per_image.csv``; eval.py's options and
-defaults are `drn_jax.eval_cli`.
+How it works: docs/internals.md#evaluation.
 """
 
 from __future__ import annotations

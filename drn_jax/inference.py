@@ -1,37 +1,10 @@
 """Running a super-resolution network on whole images: the path shared by evaluation and upscaling.
 
-An :class:`Upscaler` maps one 8-bit RGB image ``(H, W, 3)`` to its ``(H·s, W·s, 3)``
-super-resolution, whatever the size of the image, with a bounded number of XLA compilations and,
-when tiled, bounded memory:
+An :class:`Upscaler` maps an 8-bit RGB image ``(H, W, 3)`` to ``(H·s, W·s, 3)`` with few
+compilations: whole images padded to size buckets, or tiles planned by :func:`plan_tiles`
+whose result equals the untiled one when the overlap covers the receptive field.
 
-* **Size buckets** (``tile=None``). A jitted network compiles once per input shape, and
-  benchmark images all differ in size. Each LR image is therefore padded at the bottom and
-  right to a square whose side is the smallest *bucket* ``2^k`` or ``3·2^(k-1)`` (16, 24, 32,
-  48, 64, 96, 128, 192, ...) that holds it, and the output is cropped back. A pass over Set14
-  at x4 (LR sides 62 to 192) compiles 3 times (96, 128, 192). For a DRN (``takes_sizes``) the
-  padding is zeros and the image's true size goes into the network with it
-  (:meth:`drn_jax.models.DRN.upscale`'s ``sizes``), which zeroes the padded region after every
-  convolution: the padding then changes no output value, and the bucketed output equals the
-  unpadded run's to float rounding. A plain predict function gets mirror padding instead (it
-  cannot be told where the image ends).
-* **Tiles** (``tile=T``). Every image runs as tiles of at most ``T²`` LR pixels (memory set by
-  ``T``, not by the image), planned by :func:`plan_tiles`: the grid of equal tiles that computes
-  the fewest pixels, overlap and padding included, with sides rounded up to multiples of 16 so
-  that images of similar sizes share one compilation (a 481×321 photo at ``T = 256`` with 21
-  pixels of overlap: 3 tiles of 336×192, 1.25× its pixels). Each tile keeps ``tile_overlap`` LR
-  pixels of context on every side that touches another tile and only its inner part is used;
-  with ``tile_overlap >= receptive_field_radius(model)`` the result equals the untiled run
-  exactly (to float rounding), because every used output pixel then sees the same inputs as in
-  the whole image. Tiles that reach the image border see the real border; a tile longer than
-  the image along an axis is padded there as above. Tiles go ``batch_size`` to a network call,
-  which a :class:`ModelRunner` can split over several devices; the result is the same.
-* **Self-ensemble** (``self_ensemble=True``): the 8 flips/rotations of the dihedral group are
-  run, each output transformed back, and the 8 averaged in float before rounding (Lim et al.,
-  EDSR+). It runs per bucket or per tile, both square (tiles are planned square for it), so it
-  adds no compilation.
-
-Float network outputs are clipped to ``[0, 1]`` and rounded by :func:`to_bits` only (8 bits:
-:func:`to_uint8`; 16 bits for 16-bit files, through :meth:`Upscaler.upscale_to`).
+How it works: docs/internals.md#inference-buckets-tiles-and-self-ensemble.
 """
 
 from __future__ import annotations

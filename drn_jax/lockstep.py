@@ -1,25 +1,10 @@
 """Several training runs in lockstep in one process: a setting's seeds in one compiled program.
 
-On an accelerator a small DRN is launch-bound: one run's step is a few hundred small kernels,
-and one step at a time leaves the device idle between them and the host's dispatches.
-:func:`train_in_lockstep` trains many runs together instead:
+:func:`train_in_lockstep` stacks the states of runs that differ only in ``seed`` and steps
+them with one compiled program (a `jax.vmap` of the training step inside a `jax.lax.scan`);
+each run equals the same config trained alone, to float rounding.
 
-* Runs whose configs differ only in ``seed`` form a *setting*. Their training states are stacked
-  along a leading axis, and one compiled program steps them all: `jax.vmap` of
-  `drn_jax.training.make_train_step` (the step `train_and_evaluate` runs, here on a mesh of
-  one device) inside a `jax.lax.scan` over a chunk of steps, so the device runs a whole chunk
-  without waiting for the host.
-* Each setting (another loss, another model) has a program of its own; every chunk dispatches
-  them one after another. They are compiled concurrently, before the first step.
-* One data stream per seed, drawn as `train_and_evaluate` draws it, feeds every run with that
-  seed: runs of different settings and the same seed see the same crops, in the same order.
-
-A run trained here equals the same config trained alone by `train_and_evaluate`, to float
-rounding (tests/test_device_comparisons.py checks it), and its folder holds the same files
-(``config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``summary.json``), so
-eval.py and the comparison reports read it alike. Checkpoints are written every
-``checkpoint_every_steps``; a rerun resumes every run from its latest one, which must be the
-same step for all. One process, one device (the first local one).
+How it works: docs/internals.md#training-runs-in-lockstep.
 """
 
 from __future__ import annotations

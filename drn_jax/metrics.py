@@ -1,29 +1,10 @@
 """Image-quality metrics of the super-resolution literature, in ``jax.numpy``.
 
-Everything here follows the community's MATLAB evaluation protocol (docs/method.md#evaluation),
-which the published numbers of DRN and its peers use:
+Y of MATLAB ``rgb2ycbcr``, border shaving, PSNR, SSIM, gradient PSNR and the bicubic rows'
+own protocol, on ``(..., H, W, C)`` images, one value per image, as the community's MATLAB
+scripts compute them.
 
-* luma ``Y`` of MATLAB ``rgb2ycbcr`` (:func:`rgb_to_y`), computed from the 8-bit images and
-  rounded to 8 bits as MATLAB does for ``uint8`` input; 1-channel files scored on their grey
-  values (:func:`benchmark_luma`, used by :func:`score_y`);
-* ``scale`` pixels shaved from every border (:func:`shave`);
-* PSNR (:func:`psnr`) and SSIM as Wang et al.'s reference ``ssim_index.m`` (:func:`ssim`);
-* "PSNR over image gradient" of the paper's Table 3 (:func:`gradient_psnr`), whose definition
-  was lost and is reconstructed;
-* the published "Bicubic" rows' own protocol (:func:`bicubic_baseline_y`: luma first, float
-  bicubic, one final rounding), reproduced by ``tests/test_bicubic_baselines.py``.
-
-Conventions: images are channels-last ``(..., H, W, C)`` with any number of leading batch axes;
-every metric reduces the last three axes and returns one value per image, shape ``(...)``;
-``max_value`` is the data range (1.0 for ``[0, 1]`` images, 255.0 for the 0-255 scale).
-Arithmetic is float32 whatever the input dtype (``uint8`` included, so differences never wrap).
-The metrics are jitted (compiled once per input shape, so eager evaluation loops stay fast);
-``max_value``, ``shave``, ``round_y`` and ``scale`` are static Python values.
-
-Each metric is written once, on an array module ``xp``: the public functions run it with
-``jax.numpy`` in float32, :func:`score_y_host` and :func:`rgb_to_y_host` with NumPy in float64
-on the host. Evaluation sees every image shape once, and a jitted metric would compile for
-each; the host versions compile nothing (they agree with the jitted ones to float32 rounding).
+How it works: docs/internals.md#metrics.
 """
 
 from __future__ import annotations

@@ -1,31 +1,10 @@
 """MATLAB ``imresize(..., 'bicubic')`` in ``jax.numpy``: the only bicubic resampler of drn-jax.
 
-Super-resolution results are only comparable when the low-resolution inputs are made exactly as
-the community makes them: MATLAB ``imresize(HR, 1/scale, 'bicubic')`` on 8-bit images. This
-module reproduces that function (the ``contributions`` / ``resizeAlongDim`` code path of
-MATLAB's ``imresize.m`` and ``imresizemex``) so that training (the LR pyramid), evaluation and
-the bicubic baseline all resample the same way:
+It reproduces MATLAB's ``imresize.m`` bit for bit on 8-bit images, so that the LR pyramid,
+evaluation and the bicubic baseline resample as the published numbers did. :func:`imresize`
+is jitted; :func:`imresize_host` is the same passes in float64 NumPy.
 
-* the Keys cubic kernel with ``a = -0.5``;
-* when shrinking (``scale < 1``) with antialiasing, the kernel stretched by ``1/scale``
-  (``scale * cubic(scale * x)``, support ``4/scale`` instead of 4);
-* MATLAB's output size ``ceil(scale * in)`` and sample positions
-  ``u = x/scale + 0.5 * (1 - 1/scale)`` (1-based ``x``);
-* weights normalised to sum to 1 per output sample, symmetric (mirror, edge pixel repeated)
-  borders by folding indices over ``[1..in, in..1]``;
-* the dimension with the smaller scale factor resized first (ties: height first);
-* for ``uint8`` images, each one-dimensional pass rounded (half away from zero) and saturated
-  to ``uint8``, as ``imresizemex`` returns the input's class after every pass.
-
-Each separable pass is a dense ``(out_len, in_len)`` weight matrix, built once in NumPy
-(float64) at trace time and applied with a ``HIGHEST``-precision ``einsum``: accelerators
-would otherwise multiply in bfloat16 and lose about three decimal digits.
-
-:func:`imresize` is jitted, so it compiles once per image shape. :func:`imresize_host` runs
-the same passes (one implementation, :func:`_imresize`, on either array module) in float64
-NumPy for callers that see every image shape once, such as evaluation: no compilation at all.
-Float64 is what MATLAB computes in; the two differ only where float32 rounding moves a value
-across an exact ``.5`` tie of the 8-bit rounding.
+How it works: docs/internals.md#the-bicubic-resampler.
 """
 
 from __future__ import annotations

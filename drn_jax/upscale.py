@@ -1,40 +1,11 @@
 """Upscales image files with a trained DRN: ``drn-upscale INPUT... --output_dir DIR``.
 
-Files and folders (searched recursively for PNG, JPEG, BMP, TIFF, WebP and GIF) go in;
-``<stem>_x<factor>.<png|jpg|webp>`` files come out. Every image runs through
-:class:`drn_jax.inference.Upscaler` in tiles of at most ``--tile²`` LR pixels (``cli.DEFAULT_TILE``² by default),
-fitted to the image (:func:`drn_jax.inference.plan_tiles`: at the default budget a 481×321
-photo is one tile of 336×496), so memory stays bounded (the output at its final depth plus one batch of tiles) and
-images of similar sizes share one compilation; the tile overlap defaults to the network's
-receptive-field radius, which makes the tiled result equal the untiled one. ``--timings``
-prints where a run's time went as one JSON line. A batch of tiles is
-split over every local device. The network comes from a training ``--workdir`` (or
-``--checkpoint``), or from ``--pretrained NAME``, a model shipped with the package
-(:mod:`drn_jax.pretrained`).
+Files and folders of PNG, JPEG, BMP, TIFF, WebP and GIF go in; ``<stem>_x<factor>.<ext>`` files
+come out, with alpha, 16-bit depth, greyscale, orientation and the ICC profile kept. Bad
+files are one line each and the batch goes on; exit 0 if every image was written, 1 if any
+failed, 2 for usage errors.
 
-What a file holds is kept (:func:`drn_jax.image_io.read_picture`):
-
-* **Alpha.** The colour goes through the network; the alpha channel is upscaled by the
-  project's bicubic (:func:`drn_jax.resize.imresize_host`, ``--alpha=bicubic``, the default) or
-  by the network as a grey image (``--alpha=network``). Fully transparent pixels' colour is
-  replaced by that of the nearest visible pixel first, so what was hidden under alpha 0 cannot
-  bleed into the visible edges.
-* **Depth and greyscale.** A 16-bit PNG or TIFF is fed to the network at 16 bits and written at
-  16 bits; a greyscale file comes out greyscale (the mean of the network's three channels).
-* **Orientation and colour profile.** EXIF orientation (or a TIFF's Orientation tag) is applied;
-  the ICC profile is embedded in the output.
-
-``--outscale`` sets any final factor: the model's scale, then the project's bicubic to
-``floor(outscale · size + 0.5)`` per side, halves rounded up (:func:`outscale_size`; that last
-resize holds the whole output in float64). ``--format``
-and ``--quality`` choose the file type; ``--dtype=bfloat16`` runs the network in bfloat16 (for
-accelerators). An existing output is kept unless ``--overwrite``.
-
-Unusable inputs (unreadable, truncated, over ``--max_pixels``, a folder without images, an
-existing output) are reported in one line naming the file and skipped, and the batch goes on;
-convertible ones (CMYK, animated, EXIF-rotated) are upscaled with a one-line note. Exit status:
-0 if every image was written, 1 if any failed, 2 for usage errors (bad flags, no checkpoint,
-no inputs).
+How it works: docs/internals.md#the-upscaler-drn-upscale.
 """
 
 from __future__ import annotations

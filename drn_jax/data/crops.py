@@ -1,32 +1,9 @@
 """The one random crop, and the one image order, of every data source (NumPy).
 
-Both are stateless: a pure function of a key (from `base.derive_key`) and a counter, so
-that any position of a stream can be produced without the ones before it (exact,
-free resuming) and on any thread.
+Stateless: a pure function of a key and a counter, so any position of a stream can be made
+without the ones before it (exact resuming, any thread).
 
-* `crop_window` -- for (key, position) and an image's size: the top-left corner of a
-  ``patch`` x ``patch`` window, uniform over the image, and one of the 8 dihedral
-  transforms, uniform. The random bits are a keyed hash used as a counter-based
-  generator: the 24-byte BLAKE2b digest of (key, position) as two little-endian
-  uint64 (``struct.pack("<QQ", key, position)``), read as three little-endian 64-bit
-  words, each reduced modulo its range (the bias is below 1e-12 for sides under
-  millions). Hashing costs less than constructing a generator per crop.
-* `dihedral` -- transform ``t`` is ``np.rot90(window, t % 4)`` (counter-clockwise),
-  then a left-right flip when ``t >= 4``. The streams do not apply it: they ship each
-  window with its transform, and training applies it on the device
-  (`drn_jax.ops.dihedral`, the same transform on a batch), where flipping costs nothing
-  and a host copy per crop does. This function is the same transform on the host,
-  for looking at crops as training sees them.
-* `crop` -- the window, copied into a caller's array (the batch being assembled), and
-  its transform. (The TFDS stream cuts the same windows with TensorFlow ops,
-  `tfds_source`, and draws the words of `window_words` in bulk: a Python call per record
-  costs more than decoding it; tests check it against `crop`.)
-* `permutation` -- a permutation of ``n`` keyed by (key, counter): the image order of
-  one epoch (folders) or one shuffle block (TFDS). It sorts ``n`` raw 64-bit words of
-  NumPy's Philox generator keyed by (key, counter) -- fixed by the Philox4x64-10
-  algorithm -- rather than calling ``Generator.permutation``, whose output NumPy may
-  change between releases: checkpoints store positions, and a run resumed under
-  another NumPy must draw the same images.
+How it works: docs/internals.md#crops-and-image-order.
 """
 
 from __future__ import annotations

@@ -1,31 +1,10 @@
 """Training crops from a fixed list of images, on NumPy and Python threads (no TensorFlow).
 
-`ImageSource` is the base of every source that is a list of images (the ``samples`` and
-``folder`` sources through `FileSource`, or a plug-in's arrays): a subclass lists
+`ImageSource` is the base of every source that is a list of images: a subclass lists
 ``(name, handle)`` pairs and reads a handle into pixels, and gets `train_stream` and
 `load_images` from here.
 
-The stream, per process (``items()[process_index::process_count]``):
-
-* Sizes are read up front (file headers, ~0.1 ms a file): images with a side under the
-  patch, or over ``max_pixels``, or unreadable, are counted and left out of ``n``.
-* When the decoded images fit in ``cache_bytes`` (3 bytes a pixel) they are decoded
-  once, on ``threads`` threads, and kept; images that then fail to decode are left out
-  too, so positions are dense: batch ``k`` holds positions ``k*B .. k*B+B-1``.
-  Otherwise every crop decodes its image; a file that fails then is skipped *after*
-  its position was assigned (a gap in the numbering), so resuming stays exact, and is
-  named once in the log.
-* Position ``p`` crops image ``permutation_e(p mod n)`` of epoch ``e = p // n``
-  (`crops.permutation` keyed by the process's order key and ``e``), at the window and
-  transform `crops.crop_window` draws for (crop key, ``p``). The stream is a pure
-  function of (source, seed, process split); nothing depends on earlier positions.
-
-`Batches.as_numpy_iterator` yields ``{'hr': uint8 (B, P, P, 3), 'transform': int32 (B,),
-'position': int64 (B,)}``: the windows untransformed, with their transforms (training
-applies them on the device, `drn_jax.ops.dihedral`).
-Batches of ``B`` consecutive positions are made by ``threads`` worker threads (Pillow
-and NumPy copies release the GIL) and consumed in order, a few ahead of the consumer,
-by one background thread.
+How it works: docs/internals.md#the-image-list-stream.
 """
 
 from __future__ import annotations

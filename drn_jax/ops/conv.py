@@ -1,37 +1,10 @@
 """DRN's 3×3 convolution with an explicit choice of algorithm, and the pixel shuffle.
 
-:func:`conv3x3` computes ``pixel_shuffle(conv(x, kernel) + bias, shuffle)`` for a 3×3 kernel with
-one pixel of zero padding per side (PyTorch's ``padding=1``), by one of
+:func:`conv3x3` computes ``pixel_shuffle(conv(x, kernel) + bias, shuffle)`` (PyTorch's
+``padding=1``) by XLA's convolution, Winograd F(4×4, 3×3), a shifted sum or packed lanes,
+as :data:`CONV_ALGORITHMS` names them; all give the same values up to float32 rounding.
 
-* XLA's convolution, ``jax.lax.conv_general_dilated`` (the backend-neutral one);
-* Winograd F(4×4, 3×3), :func:`drn_jax.ops.winograd.winograd_conv3x3`, for float32 stride-1
-  convolutions with at least 16 input and output channels;
-* one matrix product and a shifted sum, :func:`drn_jax.ops.winograd.shifted_sum_conv3x3`, for
-  float32 stride-1 convolutions from at least 16 to fewer channels (the RGB outputs).
-
-The ``algorithm`` argument (one of :data:`CONV_ALGORITHMS`) says which may be used:
-
-``"auto"``
-  Winograd / shifted sum where they apply when the program is compiled for a CPU, XLA's
-  convolution elsewhere and for other platforms. The platform is the one the program is
-  lowered for (``jax.lax.platform_dependent``), not the process's default backend: a program
-  compiled for a TPU from a CPU host gets XLA's convolution.
-``"winograd"``
-  Winograd / shifted sum wherever dtype, stride and channels allow, on any backend.
-``"xla"``
-  Always XLA's convolution.
-``"packed"``
-  XLA's convolution on two pixels packed into the channel axis
-  (:func:`drn_jax.ops.packed.packed_conv3x3`) where it applies (stride 1, an even width, at most
-  64 channels in and out), so that 64-channel features fill a TPU's 128 lanes; XLA's
-  convolution elsewhere. An option for 128-lane accelerators, never chosen by ``"auto"``.
-
-All four give the same values up to float32 rounding (see :mod:`drn_jax.ops.winograd`).
-Which is faster on a CPU depends on the network, not only on the convolution: a DRN's ``conv``
-of ``"auto"`` is therefore resolved to ``"winograd"`` or ``"xla"`` when the model is built for
-its target (:func:`resolve_conv_algorithm`, called by
-:func:`drn_jax.model_factory.create_model` and :class:`drn_jax.inference.ModelRunner`); the
-per-convolution ``"auto"`` above is what an unresolved DRN gets.
+How it works: docs/internals.md#convolution-algorithms.
 """
 
 from __future__ import annotations
