@@ -347,45 +347,50 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> _
     optimizer = create_optimizer(config)
     mesh = make_mesh()
     checkpointer = checkpointing.Checkpointer(run.checkpoints, keep=config.keep_checkpoints)
-    if checkpointer.latest_step() is not None:
-        # A checkpoint of another model is refused before restoring, compiling or writing.
-        checkpointing.check_compatible(run, config)
-    local_batch = config.batch_size // num_processes
-    # A warm start (config.init_from) gives the first step's parameters; a checkpoint wins over it.
-    init_params = (warm_start.initial_params(config, model)
-                   if config.init_from and checkpointer.latest_step() is None else None)
-    # Restored straight into the replicated layout: every process reads the same state.
-    state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed),
-                                         init_params), mesh)
-    state, data_position = checkpointer.restore_or(state)
-    start_step = int(state.step)
+    # A setup error closes the manager first: its background work would print tracebacks at exit.
+    try:
+        if checkpointer.latest_step() is not None:
+            # A checkpoint of another model is refused before restoring, compiling or writing.
+            checkpointing.check_compatible(run, config)
+        local_batch = config.batch_size // num_processes
+        # A warm start (config.init_from) gives the first step's parameters; a checkpoint wins over it.
+        init_params = (warm_start.initial_params(config, model)
+                       if config.init_from and checkpointer.latest_step() is None else None)
+        # Restored straight into the replicated layout: every process reads the same state.
+        state = replicate(create_train_state(config, model, optimizer, jax.random.key(config.seed),
+                                             init_params), mesh)
+        state, data_position = checkpointer.restore_or(state)
+        start_step = int(state.step)
 
-    is_lead = jax.process_index() == 0
-    writer = reporting.RunWriter(run, config, enabled=is_lead)
-    if data_position is None:
-        # Saved by another number of processes: each process's stream is another one now.
-        data_position = start_step * local_batch
-        writer.log_text(f"warning: the checkpoint of step {start_step} was written by another number "
-                        f"of processes; the data streams restart at position {data_position}, so this "
-                        "run will not match an uninterrupted one exactly")
-    if start_step:
-        writer.log_text(f"resumed from step {start_step} (data position {data_position})")
-    if start_step >= config.num_train_steps:
-        writer.log_text(f"already trained for {start_step} >= num_train_steps={config.num_train_steps} steps")
+        is_lead = jax.process_index() == 0
+        writer = reporting.RunWriter(run, config, enabled=is_lead)
+        if data_position is None:
+            # Saved by another number of processes: each process's stream is another one now.
+            data_position = start_step * local_batch
+            writer.log_text(f"warning: the checkpoint of step {start_step} was written by another number "
+                            f"of processes; the data streams restart at position {data_position}, so this "
+                            "run will not match an uninterrupted one exactly")
+        if start_step:
+            writer.log_text(f"resumed from step {start_step} (data position {data_position})")
+        if start_step >= config.num_train_steps:
+            writer.log_text(f"already trained for {start_step} >= num_train_steps={config.num_train_steps} steps")
 
-    dataset = data.create_train_dataset(
-        train_source, patch_size=config.data.hr_patch_size, batch_size=local_batch, seed=config.seed,
-        shuffle_buffer=config.data.shuffle_buffer, start_position=data_position,
-        process_index=jax.process_index(), process_count=num_processes,
-        crops_per_image=config.data.crops_per_image)
-    writer.log_text(dataset.source_info.summary())
-    return _Run(
-        config=config, state=state, start_step=start_step, data_position=data_position,
-        # Two batches ahead on the devices: input and compute overlap.
-        batches=prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, depth=2),
-        train_step=make_train_step(config, model, optimizer, mesh), checkpointer=checkpointer,
-        writer=writer, validate=evaluation.make_validator(config, model, val_images) if is_lead else None,
-        any_flag=make_flag_reducer(mesh) if num_processes > 1 else None)
+        dataset = data.create_train_dataset(
+            train_source, patch_size=config.data.hr_patch_size, batch_size=local_batch, seed=config.seed,
+            shuffle_buffer=config.data.shuffle_buffer, start_position=data_position,
+            process_index=jax.process_index(), process_count=num_processes,
+            crops_per_image=config.data.crops_per_image)
+        writer.log_text(dataset.source_info.summary())
+        return _Run(
+            config=config, state=state, start_step=start_step, data_position=data_position,
+            # Two batches ahead on the devices: input and compute overlap.
+            batches=prefetch_to_mesh(dataset.as_numpy_iterator(), mesh, depth=2),
+            train_step=make_train_step(config, model, optimizer, mesh), checkpointer=checkpointer,
+            writer=writer, validate=evaluation.make_validator(config, model, val_images) if is_lead else None,
+            any_flag=make_flag_reducer(mesh) if num_processes > 1 else None)
+    except BaseException:
+        checkpointer.close()
+        raise
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import optax
 import pytest
 from PIL import Image
 
-from drn_jax import loading, model_factory, train_state, training
+from drn_jax import checkpointing, loading, model_factory, train_state, training
 from drn_jax.resize import imresize
 from helpers import (Run, data_overrides, error_lines, run_train, subprocess_env, tiny_config, tiny_flags,
                      write_photos)
@@ -193,6 +193,19 @@ def test_bad_input_fails_before_compiling(overrides, message, image_folder, tmp_
     config = folder_config(image_folder, **overrides)
     with pytest.raises(ValueError, match=re.escape(message)):
         training.train_and_evaluate(config, tmp_path)
+
+
+def test_a_setup_error_closes_the_checkpoint_manager(image_folder, tmp_path, monkeypatch):
+    # Left open, orbax's background work raced interpreter exit and printed a traceback after
+    # the one-line error (seen once in CI on the refused-checkpoint case).
+    closed = []
+    original = checkpointing.Checkpointer.close
+    monkeypatch.setattr(checkpointing.Checkpointer, "close",
+                        lambda self: (closed.append(self.directory), original(self))[1])
+    config = folder_config(image_folder, init_from=str(tmp_path / "no_such_run"))
+    with pytest.raises(ValueError, match="no_such_run"):
+        training.train_and_evaluate(config, tmp_path / "run")
+    assert closed == [(tmp_path / "run" / "checkpoints").absolute()]
 
 
 @pytest.mark.slow
